@@ -1,0 +1,85 @@
+"""The conformer record: the one currency between readers and the rest of molgiae."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ConformerRecord:
+    """One 3-D conformer as read from a file.
+
+    Attributes:
+        elements: int64 [n] atomic numbers, in the file's atom order.
+        coords: float64 [n, 3] Cartesian coordinates in Å, same order.
+        name: the molecule's name in its file (title line, QM9 ``gdb_N``, ...).
+        source: the path it was read from.
+        index: the record's 0-based position in its source (conformers count separately).
+        properties: optional labels, e.g. QM9 properties in the file's own units.
+        smiles: a SMILES string when the source carries one or it could be perceived, else "".
+    """
+
+    elements: np.ndarray
+    coords: np.ndarray
+    name: str = ""
+    source: str = ""
+    index: int = 0
+    properties: dict[str, float] = field(default_factory=dict)
+    smiles: str = ""
+
+    def __post_init__(self) -> None:
+        self.elements = np.asarray(self.elements, dtype=np.int64).reshape(-1)
+        self.coords = np.asarray(self.coords, dtype=np.float64).reshape(-1, 3)
+        if len(self.elements) != len(self.coords):
+            raise ValueError(
+                f"{len(self.elements)} elements but {len(self.coords)} coordinate rows"
+            )
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.elements)
+
+
+@dataclass
+class RecordError:
+    """A record that could not be read or used: where it is and why."""
+
+    source: str
+    index: int
+    reason: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.source}, record {self.index}"
+        if self.name:
+            where += f" ({self.name})"
+        return f"{where}: {self.reason}"
+
+
+def check_geometry(record: ConformerRecord, min_distance: float = 0.1) -> str | None:
+    """Return why a record's geometry is unusable, or None when it is fine.
+
+    Catches: no atoms, non-finite coordinates, flat 2-D input (all z = 0 with more
+    than 3 atoms, the mark of an SDF without 3-D coordinates), and two atoms closer
+    than ``min_distance`` Å.
+    """
+    n = record.n_atoms
+    if n == 0:
+        return "molecule has no atoms"
+    x = record.coords
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        return f"non-finite coordinate (NaN or inf) at atom {bad + 1}"
+    if n > 3 and np.all(x[:, 2] == 0.0):
+        return "no 3-D coordinates (all z = 0): a 2-D structure"
+    if n > 1:
+        d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
+        d[np.diag_indices(n)] = np.inf
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] < min_distance:
+            return (
+                f"atoms {min(i, j) + 1} and {max(i, j) + 1} are {d[i, j]:.3f} Å apart "
+                f"(overlapping atoms)"
+            )
+    return None
