@@ -57,12 +57,18 @@ class RecordError:
         return f"{where}: {self.reason}"
 
 
-def check_geometry(record: ConformerRecord, min_distance: float = 0.1) -> str | None:
+def check_geometry(
+    record: ConformerRecord, min_distance: float = 0.1, *, allow_flat: bool = False
+) -> str | None:
     """Return why a record's geometry is unusable, or None when it is fine.
 
     Catches: no atoms, non-finite coordinates, flat 2-D input (all z = 0 with more
     than 3 atoms, the mark of an SDF without 3-D coordinates), and two atoms closer
     than ``min_distance`` Å.
+
+    ``allow_flat=True`` skips the all-z = 0 test, for sources whose coordinates are 3-D by
+    construction (QM9 npz/xyz, extxyz): there a planar or linear molecule lying in the
+    z = 0 plane (e.g. QM9 gdb_23, diacetylene) is a real 3-D geometry, not a 2-D drawing.
     """
     n = record.n_atoms
     if n == 0:
@@ -71,7 +77,7 @@ def check_geometry(record: ConformerRecord, min_distance: float = 0.1) -> str | 
     if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         return f"non-finite coordinate (NaN or inf) at atom {bad + 1}"
-    if n > 3 and np.all(x[:, 2] == 0.0):
+    if not allow_flat and n > 3 and np.all(x[:, 2] == 0.0):
         return "no 3-D coordinates (all z = 0): a 2-D structure"
     if n > 1:
         d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)

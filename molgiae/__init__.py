@@ -1,0 +1,12 @@
+"""molgiae: invariant embeddings of 3-D molecular conformers with a group-invariant autoencoder."""
+__version__ = "0.1.0"
+
+
+def load_model(path=None, device="cpu"):
+    """Load a trained model (the bundled default when ``path`` is None). See :mod:`molgiae.api`."""
+    from molgiae.api import load_model as _load
+
+    return _load(path, device=device)
+
+
+__all__ = ["__version__", "load_model"]

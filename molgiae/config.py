@@ -1,0 +1,93 @@
+"""The one configuration object every checkpoint carries.
+
+Ground floor: plain dataclasses, JSON-serialisable, no torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from molgiae.chem import QM9_ELEMENTS
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the autoencoder (see ``METHOD.md``).
+
+    ``elements`` is the vocabulary (atomic numbers) in canonical band order;
+    ``max_atoms`` bounds what the decoder can reconstruct (the encoder is size-free).
+    """
+
+    elements: tuple[int, ...] = QM9_ELEMENTS
+    max_atoms: int = 29
+    features: int = 64
+    num_rbf: int = 20
+    cutoff: float = 5.0
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    embedding_dim: int = 128
+    decoder: str = "equivariant"  # "equivariant" (start positions + PaiNN refinement) | "transformer"
+    decoder_cutoff: float = 10.0
+    cross_product: bool = True  # SE(3) (chiral) rather than O(3) equivariance
+    score_learned_scale: float = 0.1  # ε in σ = band(Z) + ρ + ε·MLP(s)
+    band_gap: float = 1000.0  # score offset between element bands (Å-scale ρ stays inside a band)
+    transformer_heads: int = 4
+
+    def __post_init__(self) -> None:
+        self.elements = tuple(int(e) for e in self.elements)
+        if self.decoder not in ("equivariant", "transformer"):
+            raise ValueError(f"decoder must be 'equivariant' or 'transformer', not {self.decoder!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and data settings of a training run."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    seed: int = 0
+    tau: float = 0.3  # soft-sort temperature (gradient path of the straight-through permutation)
+    lambda_type: float = 1.0
+    lambda_perm: float = 0.025
+    coord_noise: float = 0.0  # std (Å) of Gaussian noise on input coordinates while training
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    max_molecules: int = 0  # 0 = all; else a seeded subset of the training split
+    max_val_molecules: int = 1000  # validation every epoch on at most this many
+    checkpoint_every: int = 500  # steps between last.pt writes (and every epoch end)
+    time_limit_minutes: float = 0.0  # 0 = none: stop cleanly after this wall time
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["elements"] = list(self.model.elements)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        def build(klass, values):
+            names = {f.name for f in dataclasses.fields(klass)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown {klass.__name__} keys: {sorted(unknown)}")
+            return klass(**values)
+
+        return cls(model=build(ModelConfig, d.get("model", {})), train=build(TrainConfig, d.get("train", {})))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,38 @@
+"""Deterministic molecule-level train/val/test split.
+
+Each molecule key is hashed with the seed to a number in [0, 1); the split depends only on
+(key, seed, fractions), never on file order or on which other molecules are present, so
+conformers of one molecule always land together and a molecule keeps its split when data
+is added.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def key_fractions(keys: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform pseudo-random number in [0, 1) per key (deterministic). [M] → float64 [M]."""
+    out = np.empty(len(keys), dtype=np.float64)
+    cache: dict[int, float] = {}
+    for i, k in enumerate(np.asarray(keys).tolist()):
+        if k not in cache:
+            h = hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest()
+            cache[k] = int.from_bytes(h, "little") / 2.0**64
+        out[i] = cache[k]
+    return out
+
+
+def split_ids(keys: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Row ids of each split: ``{"train", "val", "test"}``; test = lowest fractions, then val."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"bad split fractions val={val_fraction} test={test_fraction}")
+    u = key_fractions(keys, seed)
+    test = u < test_fraction
+    val = (u >= test_fraction) & (u < test_fraction + val_fraction)
+    return {
+        "train": np.flatnonzero(~(test | val)),
+        "val": np.flatnonzero(val),
+        "test": np.flatnonzero(test),
+    }

@@ -1,0 +1,147 @@
+"""The group-invariant autoencoder: encode → (z, R, t, P), decode z → canonical conformer,
+apply the action to reconstruct in the input's pose and order, and the training loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from molgiae import group
+from molgiae.config import ModelConfig
+from molgiae.painn_equivariant import DecoderOutput, PainnEncoder, build_decoder
+
+
+@dataclass
+class DenseMolecules:
+    """A padded batch. species [B, N] vocabulary index (0 on padding), pos [B, N, 3] in Å,
+    mask [B, N] real atoms."""
+
+    species: Tensor
+    pos: Tensor
+    mask: Tensor
+
+    @property
+    def n_atoms(self) -> Tensor:
+        return self.mask.sum(1)
+
+
+@dataclass
+class Encoding:
+    """z [B, D]; rotation [B, 3, 3] (det +1); translation [B, 3]; scores [B, N]."""
+
+    z: Tensor
+    rotation: Tensor
+    translation: Tensor
+    scores: Tensor
+
+
+@dataclass
+class Reconstruction:
+    """Everything one forward pass produces.
+
+    canonical: decoder output in slot order (coords [B, N, 3], logits [B, N, V]);
+    coords [B, N, 3] and logits [B, N, V]: reconstruction in the input's pose and atom order;
+    permutation [B, N, N] (slot, atom) used; soft_permutation its soft-sort relaxation (or None).
+    """
+
+    encoding: Encoding
+    canonical: DecoderOutput
+    coords: Tensor
+    logits: Tensor
+    permutation: Tensor
+    soft_permutation: Tensor | None
+
+
+class GroupInvariantAutoencoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        for i, z in enumerate(config.elements):
+            lookup[z] = i
+        self.register_buffer("species_of", lookup, persistent=False)
+        self.encoder = PainnEncoder(config)
+        self.decoder = build_decoder(config)
+
+    # ------------------------------------------------------------------ inputs
+    def species(self, atomic_numbers: Tensor) -> Tensor:
+        """Atomic numbers → vocabulary indices; raises ValueError for elements outside it."""
+        idx = self.species_of[atomic_numbers.clamp(0, 118)]
+        if (idx < 0).any() or (atomic_numbers > 118).any():
+            bad = sorted(set(atomic_numbers[idx < 0].tolist()))
+            raise ValueError(f"elements {bad} are not in the model's vocabulary {list(self.config.elements)}")
+        return idx
+
+    def dense(self, batch) -> DenseMolecules:
+        """PyG ``Batch`` (``atomic_numbers`` [A], ``pos`` [A, 3], ``batch`` [A]) → padded tensors."""
+        from torch_geometric.utils import to_dense_batch
+
+        pos, mask = to_dense_batch(batch.pos, batch.batch)
+        species, _ = to_dense_batch(self.species(batch.atomic_numbers), batch.batch)
+        return DenseMolecules(species=species, pos=pos, mask=mask)
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, mols: DenseMolecules) -> Encoding:
+        t = group.masked_centroid(mols.pos, mols.mask)
+        centred = (mols.pos - t.unsqueeze(1)) * mols.mask.unsqueeze(-1)
+        out = self.encoder(mols.species, centred, mols.mask)
+        R = group.gram_schmidt(out.frame_vectors[:, 0], out.frame_vectors[:, 1])
+        return Encoding(z=out.z, rotation=R, translation=t, scores=out.scores)
+
+    def decode(self, z: Tensor, mask: Tensor) -> DecoderOutput:
+        """z [B, D], mask [B, N] of the slots to fill (first n per row) → canonical conformer."""
+        n_max = mask.shape[1]
+        if n_max > self.config.max_atoms:
+            raise ValueError(
+                f"cannot reconstruct a molecule of {n_max} atoms: this model decodes at most "
+                f"{self.config.max_atoms} (embedding still works)"
+            )
+        return self.decoder(z, mask)
+
+    def forward(self, mols: DenseMolecules, permutation: str = "hard", tau: float = 0.3) -> Reconstruction:
+        """Encode, decode and reconstruct.
+
+        permutation: "hard" (exact argsort; inference), "straight_through" (hard forward,
+        soft-sort gradient; training) or "soft" (soft-sort forward).
+        """
+        enc = self.encode(mols)
+        canonical = self.decode(enc.z, mols.mask)
+        soft = None
+        if permutation == "hard":
+            P = group.hard_permutation(enc.scores, mols.mask)
+        elif permutation == "straight_through":
+            P, soft = group.straight_through_permutation(enc.scores, mols.mask, tau)
+        elif permutation == "soft":
+            P = soft = group.soft_permutation(enc.scores, mols.mask, tau)
+        else:
+            raise ValueError(f"unknown permutation mode {permutation!r}")
+        coords = group.apply_action(canonical.coords, P, enc.rotation, enc.translation)
+        logits = torch.einsum("bki,bkv->biv", P, canonical.logits)
+        return Reconstruction(enc, canonical, coords, logits, P, soft)
+
+    @torch.no_grad()
+    def embed(self, mols: DenseMolecules) -> Tensor:
+        """Invariant codes z [B, D]."""
+        return self.encode(mols).z
+
+
+def reconstruction_loss(
+    out: Reconstruction, mols: DenseMolecules, lambda_type: float = 1.0, lambda_perm: float = 0.025
+) -> dict[str, Tensor]:
+    """``mean_i |X̂_i - X_i|² + λ_type CE(types) + λ_perm H(P̂)``, averaged per real atom.
+
+    Returns the total ``loss`` and its parts ``coord``, ``type``, ``perm`` (detached except loss).
+    """
+    m = mols.mask
+    count = m.sum().clamp_min(1)
+    sq = ((out.coords - mols.pos) ** 2).sum(-1)
+    coord = (sq * m).sum() / count
+    ce = F.cross_entropy(out.logits[m].float(), mols.species[m])
+    loss = coord + lambda_type * ce
+    perm = torch.zeros((), device=coord.device)
+    if out.soft_permutation is not None and lambda_perm > 0:
+        perm = group.permutation_entropy(out.soft_permutation, m)
+        loss = loss + lambda_perm * perm
+    return {"loss": loss, "coord": coord.detach(), "type": ce.detach(), "perm": perm.detach()}

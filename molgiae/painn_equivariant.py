@@ -1,0 +1,302 @@
+"""PaiNN-style SE(3)- and permutation-equivariant layers, the encoder and the decoders.
+
+Dense, padded layout throughout (molecules are small and nearly fully connected within the
+cutoff, so per-molecule pair tensors beat edge lists on CPU and GPU alike):
+
+- ``s``: invariant features [B, N, F]
+- ``v``: equivariant features [B, N, 3, F] (the Cartesian axis before the channel axis)
+- ``mask``: real atoms [B, N] (bool)
+- pair tensors [B, N, N, ...] indexed (receiver i, sender j)
+
+The cross-product term ``Σ_j e_ij ⊙ (v_j × r̂_ij)`` makes the layers SE(3)- but not
+O(3)-equivariant: mirror images get different invariant codes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from molgiae.config import ModelConfig
+
+
+# ----------------------------------------------------------------------------- pure functions
+def safe_norm(x: Tensor, dim: int = -1, keepdim: bool = False, eps: float = 1e-8) -> Tensor:
+    """Euclidean norm with a finite gradient at 0."""
+    return torch.sqrt((x * x).sum(dim=dim, keepdim=keepdim) + eps)
+
+
+def gaussian_rbf(d: Tensor, num: int, cutoff: float) -> Tensor:
+    """Gaussian radial basis on [0, cutoff]. d: [...] → [..., num]."""
+    centers = torch.linspace(0.0, cutoff, num, device=d.device, dtype=d.dtype)
+    width = cutoff / (num - 1)
+    return torch.exp(-0.5 * ((d.unsqueeze(-1) - centers) / width) ** 2)
+
+
+def cosine_cutoff(d: Tensor, cutoff: float) -> Tensor:
+    """Smooth cutoff ``0.5 (cos(π d / r_c) + 1)`` for d < r_c, else 0. [...] → [...]."""
+    return 0.5 * (torch.cos(math.pi * d / cutoff) + 1.0) * (d < cutoff).to(d.dtype)
+
+
+def pair_geometry(pos: Tensor, mask: Tensor, cutoff: float, num_rbf: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit vectors, radial features and edge weights of all pairs within ``cutoff``.
+
+    pos: [B, N, 3] → (r̂ [B, N, N, 3] pointing from i to j, rbf [B, N, N, R],
+    weight [B, N, N] = cosine cutoff on real pairs i ≠ j, 0 elsewhere).
+    """
+    r = pos.unsqueeze(1) - pos.unsqueeze(2)  # r[b, i, j] = x_j - x_i
+    d = safe_norm(r, dim=-1, eps=1e-12)
+    n = pos.shape[1]
+    pair_mask = mask.unsqueeze(1) & mask.unsqueeze(2)
+    pair_mask = pair_mask & ~torch.eye(n, dtype=torch.bool, device=pos.device)
+    weight = cosine_cutoff(d, cutoff) * pair_mask.to(pos.dtype)
+    unit = r / d.unsqueeze(-1).clamp_min(1e-6)
+    return unit, gaussian_rbf(d, num_rbf, cutoff), weight
+
+
+def sinusoidal_encoding(positions: Tensor, dim: int, max_period: float = 64.0) -> Tensor:
+    """Sinusoidal encoding of integer positions. [...] → [..., dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=positions.device) / half)
+    angles = positions.to(torch.float32).unsqueeze(-1) * freqs * (2 * math.pi / 4)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_out))
+
+
+# ----------------------------------------------------------------------------- layers
+class PainnMessage(nn.Module):
+    """PaiNN message block with an optional cross-product term.
+
+    ``Δs_i = Σ_j a_ij``, ``Δv_i = Σ_j b_ij ⊙ v_j + c_ij ⊙ r̂_ij (+ e_ij ⊙ (v_j × r̂_ij))``
+    with ``[a, b, c, e] = φ(s_j) ⊙ W(rbf(d_ij)) · f_cut(d_ij)``.
+    """
+
+    def __init__(self, features: int, num_rbf: int, cross_product: bool = True):
+        super().__init__()
+        self.features = features
+        self.cross_product = cross_product
+        gates = 4 if cross_product else 3
+        self.phi = mlp(features, features, gates * features)
+        self.filter = nn.Linear(num_rbf, gates * features)
+
+    def forward(self, s: Tensor, v: Tensor, unit: Tensor, rbf: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """s [B,N,F], v [B,N,3,F], unit [B,N,N,3], rbf [B,N,N,R], weight [B,N,N] → (Δs, Δv)."""
+        x = self.phi(s).unsqueeze(1) * self.filter(rbf) * weight.unsqueeze(-1)  # [B, i, j, G·F]
+        gates = torch.split(x, self.features, dim=-1)
+        a, b, c = gates[:3]
+        ds = a.sum(2)
+        # broadcast-and-sum beats einsum's batched matmul here (measured 3x on CPU)
+        dv = (b.unsqueeze(3) * v.unsqueeze(1)).sum(2) + (c.unsqueeze(3) * unit.unsqueeze(-1)).sum(2)
+        if self.cross_product:
+            e = gates[3]
+            # M[b, i, p, q, f] = Σ_j e_ijf r̂_ijp v_jqf;  (v × r̂)_c = ε_cqp v_q r̂_p
+            m = torch.einsum("bijf,bijp,bjqf->bipqf", e, unit, v)
+            cross = torch.stack(
+                [m[:, :, 2, 1] - m[:, :, 1, 2], m[:, :, 0, 2] - m[:, :, 2, 0], m[:, :, 1, 0] - m[:, :, 0, 1]],
+                dim=2,
+            )
+            dv = dv + cross
+        return ds, dv
+
+
+class PainnUpdate(nn.Module):
+    """PaiNN update block: ``Δs = a_ss + a_sv ⟨Uv, Vv⟩``, ``Δv = a_vv ⊙ Uv``."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.features = features
+        self.U = nn.Linear(features, features, bias=False)
+        self.V = nn.Linear(features, features, bias=False)
+        self.gates = mlp(2 * features, features, 3 * features)
+
+    def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """s [B,N,F], v [B,N,3,F] → (Δs, Δv) of the same shapes."""
+        uv, vv = self.U(v), self.V(v)
+        a_vv, a_sv, a_ss = torch.split(self.gates(torch.cat([s, safe_norm(vv, dim=2)], -1)), self.features, -1)
+        ds = a_ss + a_sv * (uv * vv).sum(2)
+        dv = a_vv.unsqueeze(2) * uv
+        return ds, dv
+
+
+class EquivariantNorm(nn.Module):
+    """LayerNorm on scalars; vectors divided by ``sqrt(1 + mean_f |v_f|²)`` (bounded, no noise blow-up)."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.scalar_norm = nn.LayerNorm(features)
+
+    def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        scale = torch.sqrt(1.0 + (v * v).sum(2).mean(-1, keepdim=True)).unsqueeze(2)
+        return self.scalar_norm(s), v / scale
+
+
+class PainnBlock(nn.Module):
+    """Message, update (both residual), then norm; padded atoms kept at zero."""
+
+    def __init__(self, features: int, num_rbf: int, cross_product: bool):
+        super().__init__()
+        self.message = PainnMessage(features, num_rbf, cross_product)
+        self.update = PainnUpdate(features)
+        self.norm = EquivariantNorm(features)
+
+    def forward(self, s, v, unit, rbf, weight, mask):
+        m = mask.to(s.dtype)
+        ds, dv = self.message(s, v, unit, rbf, weight)
+        s, v = s + ds, v + dv
+        ds, dv = self.update(s, v)
+        s, v = self.norm(s + ds, v + dv)
+        return s * m.unsqueeze(-1), v * m[:, :, None, None]
+
+
+# ----------------------------------------------------------------------------- encoder
+@dataclass
+class EncoderOutput:
+    """z [B, D] invariant code; frame_vectors [B, 2, 3] (v1, v2, equivariant);
+    scores [B, N] per-atom permutation scores (invariant, permutation-equivariant)."""
+
+    z: Tensor
+    frame_vectors: Tensor
+    scores: Tensor
+
+
+class PainnEncoder(nn.Module):
+    """Atoms (element index, centred xyz) → invariant code, two frame vectors, atom scores.
+
+    The score is ``σ_i = band_gap · element_index_i + |x_i - centroid| + ε · MLP(s_i)``: element
+    bands first (slot types are then fixed by the composition), distance from the centroid
+    within a band (an order that is consistent across similar molecules from the first step),
+    and a small learned correction.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        F = config.features
+        self.config = config
+        self.embedding = nn.Embedding(len(config.elements), F)
+        self.blocks = nn.ModuleList(
+            PainnBlock(F, config.num_rbf, config.cross_product) for _ in range(config.encoder_layers)
+        )
+        self.code_head = mlp(F, F, config.embedding_dim)
+        self.frame_vector_mix = nn.Linear(F, 2, bias=False)
+        self.frame_position_weight = nn.Linear(F, 2)
+        self.score_head = mlp(F, F, 1)
+
+    def forward(self, species: Tensor, centred: Tensor, mask: Tensor) -> EncoderOutput:
+        """species [B, N] (vocabulary index), centred [B, N, 3] (centroid at 0), mask [B, N]."""
+        c = self.config
+        unit, rbf, weight = pair_geometry(centred, mask, c.cutoff, c.num_rbf)
+        m = mask.to(centred.dtype)
+        s = self.embedding(species) * m.unsqueeze(-1)
+        v = centred.new_zeros(*s.shape[:2], 3, s.shape[-1])
+        for block in self.blocks:
+            s, v = block(s, v, unit, rbf, weight, mask)
+        count = m.sum(1, keepdim=True).clamp_min(1.0)
+        z = (self.code_head(s) * m.unsqueeze(-1)).sum(1) / count
+        # Two equivariant vectors: mixed vector channels plus invariant-weighted positions.
+        per_atom = self.frame_vector_mix(v) + centred.unsqueeze(-1) * self.frame_position_weight(s).unsqueeze(2)
+        frame_vectors = ((per_atom * m[:, :, None, None]).sum(1) / count.unsqueeze(-1)).transpose(1, 2)
+        radius = safe_norm(centred, dim=-1, eps=1e-12)
+        scores = c.band_gap * species.to(centred.dtype) + radius
+        scores = scores + c.score_learned_scale * self.score_head(s).squeeze(-1)
+        return EncoderOutput(z=z, frame_vectors=frame_vectors, scores=scores)
+
+
+# ----------------------------------------------------------------------------- decoders
+@dataclass
+class DecoderOutput:
+    """coords [B, N, 3] canonical conformer (slot order, centred); logits [B, N, V] element logits."""
+
+    coords: Tensor
+    logits: Tensor
+
+
+def masked_centre(x: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x - (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)) * m
+
+
+class SlotDecoder(nn.Module):
+    """Shared part of both decoders: slot features ``h_k = MLP([z, PE(k), PE(n)])`` and the
+    learnable start positions ``q_k`` (a mean-shape prior), then a design-specific ``refine``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        F = config.features
+        self.config = config
+        self.pe_dim = 32
+        self.slot_mlp = mlp(config.embedding_dim + 2 * self.pe_dim, 2 * F, F)
+        self.start_positions = nn.Parameter(torch.randn(config.max_atoms, 3))
+        self.type_head = mlp(F, F, len(config.elements))
+
+    def slots(self, z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """z [B, D], mask [B, N] (N ≤ max_atoms) → (h [B, N, F], q [B, N, 3])."""
+        B, N = mask.shape
+        k = torch.arange(N, device=z.device).expand(B, N)
+        n = mask.sum(1, keepdim=True).expand(B, N)
+        pe = torch.cat([sinusoidal_encoding(k, self.pe_dim), sinusoidal_encoding(n, self.pe_dim)], -1)
+        h = self.slot_mlp(torch.cat([z.unsqueeze(1).expand(B, N, -1), pe.to(z.dtype)], -1))
+        q = self.start_positions[:N].to(z.dtype).expand(B, N, 3)
+        m = mask.to(z.dtype).unsqueeze(-1)
+        return h * m, masked_centre(q, mask)
+
+    def refine(self, h: Tensor, q: Tensor, mask: Tensor) -> DecoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, z: Tensor, mask: Tensor) -> DecoderOutput:
+        h, q = self.slots(z, mask)
+        return self.refine(h, q, mask)
+
+
+class EquivariantDecoder(SlotDecoder):
+    """The paper's decoder: start positions refined by PaiNN blocks on the complete slot graph.
+
+    ``refine`` is SE(3)- and slot-permutation-equivariant: permuting ``h`` and rotating ``q``
+    permutes and rotates the output (tested).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        F = config.features
+        self.blocks = nn.ModuleList(
+            PainnBlock(F, config.num_rbf, config.cross_product) for _ in range(config.decoder_layers)
+        )
+        self.displacement = nn.Linear(F, 1, bias=False)
+
+    def refine(self, h: Tensor, q: Tensor, mask: Tensor) -> DecoderOutput:
+        """h [B, N, F], q [B, N, 3] → canonical coordinates and element logits."""
+        c = self.config
+        unit, rbf, weight = pair_geometry(q, mask, c.decoder_cutoff, c.num_rbf)
+        s, v = h, h.new_zeros(*h.shape[:2], 3, h.shape[-1])
+        for block in self.blocks:
+            s, v = block(s, v, unit, rbf, weight, mask)
+        coords = masked_centre(q + self.displacement(v).squeeze(-1), mask)
+        return DecoderOutput(coords=coords, logits=self.type_head(s))
+
+
+class TransformerDecoder(SlotDecoder):
+    """A transformer over slot tokens emitting ``q_k + Δ_k`` directly (not equivariant; it only
+    has to produce the canonical pose)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        F = config.features
+        self.position_in = nn.Linear(3, F)
+        layer = nn.TransformerEncoderLayer(
+            F, config.transformer_heads, dim_feedforward=2 * F, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, config.decoder_layers, enable_nested_tensor=False)
+        self.coord_head = mlp(F, F, 3)
+
+    def refine(self, h: Tensor, q: Tensor, mask: Tensor) -> DecoderOutput:
+        x = self.transformer(h + self.position_in(q), src_key_padding_mask=~mask)
+        coords = masked_centre(q + self.coord_head(x), mask)
+        return DecoderOutput(coords=coords, logits=self.type_head(x))
+
+
+def build_decoder(config: ModelConfig) -> SlotDecoder:
+    return {"equivariant": EquivariantDecoder, "transformer": TransformerDecoder}[config.decoder](config)

@@ -1,0 +1,349 @@
+"""Training loop, checkpoints (atomic, resumable, weights_only-loadable) and run artefacts.
+
+A run directory holds ``config.json``, ``last.pt`` (every ``checkpoint_every`` steps and every
+epoch), ``best.pt`` (best validation rmsd), ``metrics.csv``, ``learning_curve.png`` and
+``split.json`` (the molecule keys of each split).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from molgiae import __version__
+from molgiae.config import Config
+from molgiae.data.batching import batch_from_set, bucketed_batches
+from molgiae.data.conformers import ConformerSet
+from molgiae.metrics import score_molecules
+from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
+
+CHECKPOINT_FORMAT = "molgiae-checkpoint-1"
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_rmsd", "val_element_accuracy", "seconds")
+
+
+# ----------------------------------------------------------------------------- devices
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same directory, then rename (never a half file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a molgiae checkpoint with ``weights_only=True``; clear errors for missing/corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a molgiae checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[GroupInvariantAutoencoder, Config]:
+    config = Config.from_dict(ckpt["config"])
+    model = GroupInvariantAutoencoder(config.model)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, config
+
+
+def _rng_state(np_rng: np.random.Generator) -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np_rng.bit_generator.state,
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np_rng.bit_generator.state = state["numpy"]
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps done
+    epoch_step: int = 0  # batches done in the current epoch
+    epoch_seed: int = 0  # seed of the current epoch's batch order
+    best_val_rmsd: float = float("inf")
+    seconds: float = 0.0  # training wall time so far (over resumes)
+    history: list = field(default_factory=list)
+
+
+def write_learning_curve(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ep = [r["epoch"] for r in rows]
+    ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train loss")
+    ax[0].plot(ep, [r["val_loss"] for r in rows], "o-", label="val loss")
+    ax[0].set_xlabel("epoch"), ax[0].set_yscale("log"), ax[0].legend()
+    ax[1].plot(ep, [r["val_rmsd"] for r in rows], "o-", color="C2")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("val rmsd (Å, hard P)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def validate(model, data: ConformerSet, ids: np.ndarray, config: Config, device) -> dict:
+    model.eval()
+    losses, weights = [], []
+    for chunk in np.array_split(ids, max(1, math.ceil(len(ids) / config.train.batch_size))):
+        mols = model.dense(batch_from_set(data, chunk).to(device))
+        out = model(mols, permutation="straight_through", tau=config.train.tau)
+        parts = reconstruction_loss(out, mols, config.train.lambda_type, config.train.lambda_perm)
+        losses.append(float(parts["loss"]))
+        weights.append(int(mols.mask.sum()))
+    scores = score_molecules(model, data, ids, config.train.batch_size, device, aligned=False)
+    model.train()
+    return {
+        "val_loss": float(np.average(losses, weights=weights)),
+        "val_rmsd": float(np.mean(scores.rmsd)),
+        "val_element_accuracy": float(np.mean(scores.element_accuracy)),
+    }
+
+
+def train(
+    config: Config,
+    data: ConformerSet,
+    splits: dict[str, np.ndarray],
+    out_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    metadata: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunState:
+    """Train (or resume) the autoencoder on ``data[splits["train"]]``; validate on ``splits["val"]``.
+
+    Returns the final run state. All artefacts are written to ``out_dir``.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+    device = select_device(tc.device)
+    torch.manual_seed(tc.seed)
+    np_rng = np.random.default_rng(tc.seed)
+    random.seed(tc.seed)
+
+    train_ids = np.asarray(splits["train"])
+    if tc.max_molecules and len(train_ids) > tc.max_molecules:
+        train_ids = np.sort(np.random.default_rng(tc.seed).choice(train_ids, tc.max_molecules, replace=False))
+    val_ids = np.asarray(splits["val"])
+    if tc.max_val_molecules and len(val_ids) > tc.max_val_molecules:
+        val_ids = np.sort(np.random.default_rng(tc.seed + 1).choice(val_ids, tc.max_val_molecules, replace=False))
+    if len(train_ids) == 0:
+        raise ValueError("the training split is empty")
+    too_big = data.n_atoms[train_ids] > config.model.max_atoms
+    if too_big.any():
+        raise ValueError(f"{int(too_big.sum())} training molecules exceed max_atoms={config.model.max_atoms}")
+
+    model = GroupInvariantAutoencoder(config.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ids) / tc.batch_size)
+    total_steps = steps_per_epoch * tc.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.min_lr_ratio)
+    )
+    state = RunState(epoch_seed=int(np_rng.integers(2**31)))
+    split_keys = {k: data.keys[v].tolist() for k, v in splits.items()}
+    meta = dict(metadata or {})
+    meta.update(
+        molgiae_version=__version__, n_train=int(len(train_ids)), n_val=int(len(splits["val"])),
+        n_test=int(len(splits["test"])), hardware=hardware_description(device),
+        parameters=int(sum(p.numel() for p in model.parameters())),
+    )
+
+    last = out / "last.pt"
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        if Config.from_dict(ckpt["config"]).model != config.model:
+            raise ValueError(f"{last} was trained with a different model config; cannot resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        s = ckpt["run_state"]
+        state = RunState(**{k: s[k] for k in RunState.__dataclass_fields__})
+        _set_rng_state(ckpt["rng"], np_rng)
+        log(f"resumed from {last}: epoch {state.epoch}, step {state.step}")
+    elif resume:
+        log(f"--resume: no {last} yet, starting fresh")
+
+    atomic_write_text(out / "config.json", config.to_json())
+    atomic_write_text(out / "split.json", json.dumps({"seed": tc.split_seed, **split_keys}))
+
+    def save(path: Path, with_optimizer: bool = True) -> None:
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "run_state": state.__dict__.copy(),
+            "metadata": {**meta, "epochs_done": state.epoch, "steps": state.step, "wall_seconds": state.seconds},
+            "test_keys": torch.tensor(split_keys["test"], dtype=torch.long),
+            "rng": _rng_state(np_rng),
+        }
+        if with_optimizer:
+            ckpt["optimizer"] = optimizer.state_dict()
+            ckpt["scheduler"] = scheduler.state_dict()
+        atomic_torch_save(ckpt, path)
+
+    use_amp = tc.amp and device.type == "cuda"
+    t_start = time.time() - state.seconds
+    deadline = t_start + tc.time_limit_minutes * 60 if tc.time_limit_minutes else float("inf")
+    progress = None
+    if not quiet:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=True,
+        )
+        progress.start()
+    stopped = False
+    model.train()
+    try:
+        while state.epoch < tc.epochs and not stopped:
+            batches = bucketed_batches(data.n_atoms, train_ids, tc.batch_size, np.random.default_rng(state.epoch_seed))
+            task = progress.add_task("train", total=len(batches), epoch=state.epoch + 1, loss=float("nan")) if progress else None
+            if progress:
+                progress.update(task, completed=state.epoch_step)
+            running, running_n = 0.0, 0
+            for chunk in batches[state.epoch_step:]:
+                mols = model.dense(batch_from_set(data, chunk).to(device, non_blocking=True))
+                target = mols
+                if tc.coord_noise > 0:
+                    noisy = mols.pos + tc.coord_noise * torch.randn_like(mols.pos) * mols.mask.unsqueeze(-1)
+                    mols = type(mols)(mols.species, noisy, mols.mask)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out_ = model(mols, permutation="straight_through", tau=tc.tau)
+                parts = reconstruction_loss(out_, target, tc.lambda_type, tc.lambda_perm)
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                state.epoch_step += 1
+                running += float(parts["loss"]) * len(chunk)
+                running_n += len(chunk)
+                if progress:
+                    progress.update(task, advance=1, loss=running / running_n)
+                if state.step % tc.checkpoint_every == 0:
+                    state.seconds = time.time() - t_start
+                    save(last)
+                if time.time() > deadline:
+                    stopped = True
+                    break
+            if progress and task is not None:
+                progress.remove_task(task)
+            state.seconds = time.time() - t_start
+            if stopped:
+                save(last)
+                log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}; {last} saved (use --resume)")
+                break
+            state.epoch += 1
+            state.epoch_step = 0
+            state.epoch_seed = int(np_rng.integers(2**31))
+            val = validate(model, data, val_ids, config, device) if len(val_ids) else {
+                "val_loss": float("nan"), "val_rmsd": float("nan"), "val_element_accuracy": float("nan")}
+            state.seconds = time.time() - t_start
+            row = {"epoch": state.epoch, "step": state.step, "train_loss": running / max(1, running_n), **val,
+                   "seconds": round(state.seconds, 1)}
+            state.history.append(row)
+            if val["val_rmsd"] < state.best_val_rmsd or not math.isfinite(state.best_val_rmsd):
+                state.best_val_rmsd = val["val_rmsd"]
+                meta["best_epoch"] = state.epoch
+                meta["val_rmsd"] = val["val_rmsd"]
+                meta["val_element_accuracy"] = val["val_element_accuracy"]
+                save(out / "best.pt", with_optimizer=False)
+            save(last)
+            write_metrics_csv(state.history, out / "metrics.csv")
+            write_learning_curve(state.history, out / "learning_curve.png")
+            if not quiet:
+                log(
+                    f"epoch {state.epoch}/{tc.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val['val_loss']:.4f}  "
+                    f"val_rmsd {val['val_rmsd']:.3f} Å  val_elem_acc {val['val_element_accuracy']:.3f}  "
+                    f"({state.seconds:.0f} s)"
+                )
+    finally:
+        if progress:
+            progress.stop()
+    return state
