@@ -279,6 +279,7 @@ def train(
     stopped = False
     model.train()
     try:
+        last_plot = 0.0
         while state.epoch < tc.epochs and not stopped:
             batches = bucketed_batches(data.n_atoms, train_ids, tc.batch_size, np.random.default_rng(state.epoch_seed))
             task = progress.add_task("train", total=len(batches), epoch=state.epoch + 1, loss=float("nan")) if progress else None
@@ -302,7 +303,7 @@ def train(
                 scheduler.step()
                 state.step += 1
                 state.epoch_step += 1
-                running += float(parts["loss"]) * len(chunk)
+                running += float(parts["loss"].detach()) * len(chunk)
                 running_n += len(chunk)
                 if progress:
                     progress.update(task, advance=1, loss=running / running_n)
@@ -317,6 +318,8 @@ def train(
             state.seconds = time.time() - t_start
             if stopped:
                 save(last)
+                if state.history:
+                    write_learning_curve(state.history, out / "learning_curve.png")
                 log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}; {last} saved (use --resume)")
                 break
             state.epoch += 1
@@ -336,7 +339,10 @@ def train(
                 save(out / "best.pt", with_optimizer=False)
             save(last)
             write_metrics_csv(state.history, out / "metrics.csv")
-            write_learning_curve(state.history, out / "learning_curve.png")
+            final = state.epoch == tc.epochs
+            if final or time.time() - last_plot > 60:  # matplotlib costs ~0.3 s; not every tiny epoch
+                write_learning_curve(state.history, out / "learning_curve.png")
+                last_plot = time.time()
             if not quiet:
                 log(
                     f"epoch {state.epoch}/{tc.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val['val_loss']:.4f}  "

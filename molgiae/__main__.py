@@ -1,0 +1,3 @@
+from molgiae.cli import main
+
+main()

@@ -1,0 +1,393 @@
+"""The ``molgiae`` command line: parse, call the library, print. Heavy imports stay inside
+commands so ``molgiae --help`` is instant."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="molgiae: invariant embeddings of 3-D molecular conformers (SE(3) x S_n autoencoder).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def fail(msg: str, code: int = 1) -> None:
+    err(f"error: {msg}")
+    raise typer.Exit(code)
+
+
+def _open_model(model: Optional[Path], device: str = "cpu"):
+    from molgiae.api import load_model
+    from molgiae.training import CheckpointError, select_device
+
+    try:
+        return load_model(model, device=select_device(device))
+    except (CheckpointError, RuntimeError) as exc:
+        fail(str(exc))
+
+
+# ----------------------------------------------------------------------------- train
+# ``--data A B C`` as well as ``--data A --data B``: extra positional arguments are more data paths.
+MULTI_PATH = {"allow_extra_args": True}
+
+
+def _with_extra_paths(ctx: typer.Context, paths: List[Path]) -> List[Path]:
+    extra = [a for a in ctx.args if a.startswith("-")]
+    if extra:
+        fail(f"unknown option(s): {' '.join(extra)}")
+    return list(paths) + [Path(a) for a in ctx.args]
+
+
+@app.command(context_settings=MULTI_PATH)
+def train(
+    ctx: typer.Context,
+    data: List[Path] = typer.Option(..., "--data", help="QM9 npz files or any molecule files (SDF, XYZ, ...)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (config.json, last.pt, best.pt, metrics.csv, ...)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [10]."),
+    batch_size: Optional[int] = typer.Option(None, help="Molecules per batch [64]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [5e-4]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt (its config.json wins)."),
+    features: Optional[int] = typer.Option(None, help="Feature width F [64]."),
+    embedding_dim: Optional[int] = typer.Option(None, help="Size of the invariant code z [128]."),
+    encoder_layers: Optional[int] = typer.Option(None, help="Encoder PaiNN blocks [3]."),
+    decoder_layers: Optional[int] = typer.Option(None, help="Decoder blocks [3]."),
+    decoder: Optional[str] = typer.Option(None, help="equivariant | transformer [equivariant]."),
+    max_atoms: Optional[int] = typer.Option(None, help="Largest molecule the decoder reconstructs [29]."),
+    max_molecules: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many molecules."),
+    val_fraction: Optional[float] = typer.Option(None, help="Validation fraction of molecules [0.05]."),
+    test_fraction: Optional[float] = typer.Option(None, help="Test fraction of molecules [0.05]."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the molecule-level split [0]."),
+    time_limit: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between last.pt writes [500]."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+):
+    """Train the autoencoder; writes checkpoints, metrics.csv and learning_curve.png to OUT."""
+    import torch
+
+    from molgiae.config import Config
+    from molgiae.data.loading import load_conformers
+    from molgiae.data.split import split_ids
+    from molgiae.training import train as run_training
+
+    data = _with_extra_paths(ctx, data)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = Config()
+    if resume and (out / "config.json").exists():
+        cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
+    model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
+                      decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms)
+    train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_molecules=max_molecules,
+                      val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
+                      time_limit_minutes=time_limit, checkpoint_every=checkpoint_every)
+    for k, v in model_opts.items():
+        if v is not None:
+            setattr(cfg.model, k, v)
+    for k, v in train_opts.items():
+        if v is not None:
+            setattr(cfg.train, k, v)
+    cfg.train.device = device
+    cfg = Config.from_dict(cfg.to_dict())  # re-validate
+
+    missing = [str(p) for p in data if not p.exists()]
+    if missing:
+        fail(f"data file(s) not found: {', '.join(missing)}")
+    dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
+    too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
+    if too_big.any():
+        err(f"note: {int(too_big.sum())} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
+        splits["train"] = splits["train"][~too_big]
+    if not quiet:
+        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
+            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
+    meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
+    try:
+        state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val_rmsd:.3f} Å; "
+               f"checkpoints in {out}")
+
+
+# ----------------------------------------------------------------------------- evaluate
+@app.command(context_settings=MULTI_PATH)
+def evaluate(
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint [the bundled default model]."),
+    data: List[Path] = typer.Option(..., "--data", help="QM9 npz or molecule files."),
+    split: str = typer.Option("all", help="all | test | val | train: molecules of this split of the checkpoint."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate at most N molecules (seeded choice)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary here too."),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("cpu"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Reconstruction quality: rmsd (hard P, predicted R and t, no alignment), element accuracy,
+    aligned rmsd (diagnostic), invariance error; symmetric molecules reported separately."""
+    import numpy as np
+
+    from molgiae.data.loading import load_conformers
+    from molgiae.data.split import split_ids
+    from molgiae.metrics import invariance_error, score_molecules, summarize
+
+    data = _with_extra_paths(ctx, data)
+    m = _open_model(model, device)
+    try:
+        dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    except ValueError as exc:
+        fail(str(exc))
+    ids = np.flatnonzero(dataset.n_atoms <= m.max_atoms)
+    vocab = set(m.elements)
+    ids = np.array([i for i in ids if set(dataset.elements[dataset.ptr[i]:dataset.ptr[i + 1]].tolist()) <= vocab], dtype=int)
+    if split != "all":
+        tc = m.config.train
+        chosen = split_ids(dataset.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)[split]
+        ids = np.intersect1d(ids, chosen)
+    if limit and len(ids) > limit:
+        ids = np.sort(np.random.default_rng(0).choice(ids, limit, replace=False))
+    if len(ids) == 0:
+        fail("no molecules to evaluate (check --split and the model's vocabulary / max_atoms)")
+    progress = None
+    if not quiet:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("evaluate", total=len(ids))
+        progress = lambda k: bar.advance(task, k)  # noqa: E731
+    scores = score_molecules(m.model, dataset, ids, batch_size, m.device, aligned=True, progress=progress)
+    if progress:
+        bar.stop()
+    inv = invariance_error(m.model, dataset, ids[:64], device=m.device)
+    summary = summarize(scores, inv)
+    summary["model"] = str(m.path)
+    summary["split"] = split
+    text = json.dumps(summary, indent=2)
+    typer.echo(text)
+    if json_out:
+        json_out.write_text(text + "\n")
+
+
+# ----------------------------------------------------------------------------- info
+@app.command()
+def info(model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint [the bundled default model].")):
+    """Print a model's card: data, split, training, size and measured metrics."""
+    m = _open_model(model)
+    meta = m.metadata
+    card = {
+        "checkpoint": str(m.path),
+        "sha256": m.sha256,
+        "parameters": sum(p.numel() for p in m.model.parameters()),
+        "embedding_dim": m.embedding_dim,
+        "elements": list(m.elements),
+        "max_atoms": m.max_atoms,
+        "decoder": m.config.model.decoder,
+        **{k: v for k, v in meta.items()},
+    }
+    for k, v in card.items():
+        typer.echo(f"{k:>22}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+# ----------------------------------------------------------------------------- embed / reconstruct / merge / map
+_INPUT_HELP = ("Molecule files or glob patterns: .sdf .sd .mol .xyz .extxyz (optionally .gz), .smi .csv, "
+               "QM9 .npz, .tar(.gz/.bz2/.xz) of xyz, .pdb .cif .traj .json.")
+
+
+class _Feedback:
+    """Progress bar (rich, on stderr) and per-record error lines for the batch commands."""
+
+    def __init__(self, label: str, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+        if not quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("records"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=None)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+    def progress(self, k: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, k)
+
+    def on_error(self, error) -> None:
+        if not self.quiet:
+            err(f"skipped: {error}")
+
+
+def _reader_options(num_conformers: int, seed: int, smiles_column: Optional[str]) -> dict:
+    if num_conformers < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--num-conformers")
+    return {"num_conformers": num_conformers, "seed": seed, "smiles_column": smiles_column}
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.is_dir():
+        fail(f"output path is a directory: {out}")
+    if not out.parent.is_dir():
+        fail(f"output directory does not exist: {out.parent}")
+
+
+def _files_word(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+@app.command()
+def embed(
+    inputs: List[str] = typer.Argument(..., help=_INPUT_HELP, show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file (replaced atomically)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled model)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    shard: Optional[str] = typer.Option(None, help="I/N: embed only records whose global position p has "
+                                                   "p % N == I (0-based I); merge the shards with `molgiae merge`."),
+    num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
+    seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
+    smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
+    no_smiles: bool = typer.Option(False, "--no-smiles", help="Do not perceive SMILES from 3-D geometry "
+                                                              "for records without one."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
+):
+    """Embed every conformer of the inputs into an HDF5 file of invariant codes z.
+
+    Bad records are skipped (listed on stderr and in the file's errors table). Exit code 0 when
+    at least one conformer was embedded, 1 when none was (then no file is written).
+    """
+    from molgiae.embedding import NothingWrittenError, embed_to_hdf5, parse_shard
+
+    try:
+        shard_spec = parse_shard(shard) if shard else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from None
+    options = _reader_options(num_conformers, seed, smiles_column)
+    _check_out_dir(out)
+    m = _open_model(model, device)
+    with _Feedback("embed", quiet) as fb:
+        try:
+            s = embed_to_hdf5(m, inputs, out, batch_size=batch_size, shard=shard_spec, reader_options=options,
+                              progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles)
+        except NothingWrittenError as exc:
+            s = exc.summary
+    err(f"embedded {s.n_embedded} conformers from {_files_word(s.n_files)}; {s.n_failed} failed"
+        + (f" (see the errors table in {out})" if s.n_embedded else ""))
+    if s.n_embedded == 0:
+        fail(f"nothing was embedded; {out} was not written")
+
+
+@app.command()
+def reconstruct(
+    inputs: List[str] = typer.Argument(..., help=_INPUT_HELP, show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output SDF file (replaced atomically)."),
+    canonical: bool = typer.Option(False, "--canonical", help="Write the canonical conformer (centred, the "
+                                                              "model's own frame and atom order) instead of "
+                                                              "the reconstruction in the input's pose and order."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled model)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
+    seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
+    smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
+):
+    """Encode and decode every conformer; write the reconstructions as SDF with their rmsd.
+
+    SD properties: molgiae_rmsd (Å vs the input, no alignment), molgiae_element_accuracy,
+    molgiae_source, molgiae_record. Exit code as for `embed`.
+    """
+    from molgiae.embedding import NothingWrittenError, reconstruct_to_sdf
+
+    options = _reader_options(num_conformers, seed, smiles_column)
+    _check_out_dir(out)
+    m = _open_model(model, device)
+    with _Feedback("reconstruct", quiet) as fb:
+        try:
+            s = reconstruct_to_sdf(m, inputs, out, canonical=canonical, batch_size=batch_size,
+                                   reader_options=options, progress=fb.progress, on_error=fb.on_error)
+        except NothingWrittenError as exc:
+            s = exc.summary
+    err(f"reconstructed {s.n_written} conformers from {_files_word(s.n_files)}; {s.n_failed} failed")
+    if s.n_written == 0:
+        fail(f"nothing was reconstructed; {out} was not written")
+    typer.echo(f"rmsd mean {s.rmsd_mean:.4f} Å, median {s.rmsd_median:.4f} Å; "
+               f"element accuracy {s.element_accuracy_mean:.4f} ({s.n_written} conformers, {out})")
+
+
+@app.command()
+def merge(
+    shards: List[Path] = typer.Argument(..., help="Shard files of one `molgiae embed --shard I/N` run.",
+                                        show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged HDF5 file."),
+):
+    """Merge embed shards into one file, rows in input order (as an unsharded run writes them)."""
+    from molgiae.embedding import MergeError, merge_hdf5
+
+    _check_out_dir(out)
+    try:
+        s = merge_hdf5(shards, out)
+    except MergeError as exc:
+        fail(str(exc))
+    if s.missing_shards:
+        err(f"warning: shard(s) {', '.join(s.missing_shards)} missing; {out} holds only part of the run")
+    err(f"merged {s.n_rows} embeddings and {s.n_errors} errors from {_files_word(s.n_files)} into {out}")
+
+
+@app.command(name="map")
+def map_(
+    h5: Path = typer.Argument(..., help="An embedding file of `molgiae embed`.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output PNG."),
+    method: str = typer.Option("pca", help="pca | tsne (t-SNE needs scikit-learn)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="A column of --labels (joined on name), "
+                                                                   "or a dataset of the file such as n_atoms."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with a 'name' column and label columns."),
+):
+    """Draw a 2-D map (PCA or t-SNE) of the embeddings as a scatter PNG."""
+    if method not in ("pca", "tsne"):
+        raise typer.BadParameter("use pca or tsne", param_hint="--method")
+    if not h5.is_file():
+        fail(f"file not found: {h5}")
+    if labels is not None and not labels.is_file():
+        fail(f"labels file not found: {labels}")
+    if labels is not None and color_by is None:
+        raise typer.BadParameter("--labels needs --color-by COLUMN", param_hint="--color-by")
+    _check_out_dir(out)
+    from molgiae.embedding import embedding_map
+
+    try:
+        n = embedding_map(h5, out, method=method, color_by=color_by, labels_csv=labels)
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+    err(f"wrote {out}: {method} map of {n} embeddings")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

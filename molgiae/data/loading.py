@@ -1,0 +1,38 @@
+"""Turn user paths into a :class:`ConformerSet` (QM9 npz fast path, any reader otherwise)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from molgiae.data.conformers import ConformerSet, is_qm9_npz, load_qm9_npz
+from molgiae.data.record import RecordError
+
+
+def name_key(name: str) -> int:
+    """A stable int64 molecule key from a name (conformers of one molecule share it)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def load_conformers(
+    paths: Sequence[str | Path], on_error: Callable[[RecordError], None] | None = None, **reader_options
+) -> ConformerSet:
+    """Load every valid conformer of ``paths``. QM9 npz files are read as arrays (keys = QM9
+    index); other formats go through the readers (keys from molecule names, so conformers of a
+    molecule share a key and a split). Bad records are passed to ``on_error``."""
+    from molgiae.data.readers import iter_records, records_only
+
+    expanded = [str(p) for p in paths]
+    if expanded and all(Path(p).is_file() and is_qm9_npz(p) for p in expanded):
+        return load_qm9_npz(expanded)
+    errors: list[RecordError] = []
+    records = list(records_only(iter_records(expanded, **reader_options), errors))
+    for e in errors:
+        if on_error:
+            on_error(e)
+    if not records:
+        raise ValueError(f"no valid molecules in {', '.join(expanded)}")
+    keys = [name_key(r.name or f"{r.source}:{r.index}") for r in records]
+    return ConformerSet.from_records(records, keys=np.asarray(keys, dtype=np.int64))

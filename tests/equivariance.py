@@ -1,0 +1,53 @@
+"""e3nn ``util/test.py``-style helpers: random group elements and molecules from the fixture."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from e3nn import o3
+
+from molgiae.data.conformers import load_qm9_npz
+from molgiae.model import DenseMolecules, GroupInvariantAutoencoder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QM9_FIXTURE = FIXTURES / "qm9_fixture.npz"
+
+
+def fixture_set():
+    return load_qm9_npz([QM9_FIXTURE])
+
+
+def molecule(data, i: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(atomic numbers [n], coordinates [n, 3]) of fixture molecule i."""
+    a, b = data.ptr[i], data.ptr[i + 1]
+    return torch.from_numpy(data.elements[a:b].astype(np.int64)), torch.from_numpy(data.coords[a:b]).to(dtype)
+
+
+def find(data, smiles: str) -> int:
+    return int(np.flatnonzero(data.smiles == smiles)[0])
+
+
+def random_action(n: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (R, t, π): Haar rotation (e3nn), Gaussian translation (5 Å), uniform permutation."""
+    return o3.rand_matrix(dtype=dtype), 5.0 * torch.randn(3, dtype=dtype), torch.randperm(n)
+
+
+def act(R, t, perm, x: torch.Tensor) -> torch.Tensor:
+    """g·X = P_π X Rᵀ + 1tᵀ."""
+    return (x @ R.T + t)[perm]
+
+
+def dense(model: GroupInvariantAutoencoder, mols: list[tuple[torch.Tensor, torch.Tensor]]) -> DenseMolecules:
+    """Pad a list of (Z, X) into a DenseMolecules batch."""
+    N = max(len(z) for z, _ in mols)
+    B = len(mols)
+    dtype = mols[0][1].dtype
+    species = torch.zeros(B, N, dtype=torch.long)
+    pos = torch.zeros(B, N, 3, dtype=dtype)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    for b, (z, x) in enumerate(mols):
+        species[b, : len(z)] = model.species(z)
+        pos[b, : len(z)] = x
+        mask[b, : len(z)] = True
+    return DenseMolecules(species, pos, mask)
