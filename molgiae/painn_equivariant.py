@@ -186,15 +186,21 @@ class PainnEncoder(nn.Module):
         self.frame_position_weight = nn.Linear(F, 2)
         self.score_head = mlp(F, F, 1)
 
-    def forward(self, species: Tensor, centred: Tensor, mask: Tensor) -> EncoderOutput:
-        """species [B, N] (vocabulary index), centred [B, N, 3] (centroid at 0), mask [B, N]."""
+    def atom_features(self, species: Tensor, centred: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-atom features after the PaiNN blocks: s [B, N, F] (invariant), v [B, N, 3, F]."""
         c = self.config
         unit, rbf, weight = pair_geometry(centred, mask, c.cutoff, c.num_rbf)
-        m = mask.to(centred.dtype)
-        s = self.embedding(species) * m.unsqueeze(-1)
+        s = self.embedding(species) * mask.to(centred.dtype).unsqueeze(-1)
         v = centred.new_zeros(*s.shape[:2], 3, s.shape[-1])
         for block in self.blocks:
             s, v = block(s, v, unit, rbf, weight, mask)
+        return s, v
+
+    def forward(self, species: Tensor, centred: Tensor, mask: Tensor) -> EncoderOutput:
+        """species [B, N] (vocabulary index), centred [B, N, 3] (centroid at 0), mask [B, N]."""
+        c = self.config
+        m = mask.to(centred.dtype)
+        s, v = self.atom_features(species, centred, mask)
         count = m.sum(1, keepdim=True).clamp_min(1.0)
         z = (self.code_head(s) * m.unsqueeze(-1)).sum(1) / count
         # Two equivariant vectors: mixed vector channels plus invariant-weighted positions.
