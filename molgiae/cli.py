@@ -72,9 +72,16 @@ def train(
     time_limit: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between last.pt writes [500]."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    conformer_sampling: Optional[str] = typer.Option(None, "--conformer-sampling", help="all | uniform | boltzmann: "
+                                                     "every conformer per epoch, or one per molecule [all]."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader processes building batches [0]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
 ):
-    """Train the autoencoder; writes checkpoints, metrics.csv and learning_curve.png to OUT."""
+    """Train the autoencoder; writes checkpoints, metrics.csv and learning_curve.png to OUT.
+
+    Multi-GPU / multi-node: launch with torchrun (`torchrun --nproc_per_node=K -m molgiae train ...`);
+    --batch-size is then the global batch, split across the K processes. Only rank 0 writes OUT.
+    """
     import torch
 
     from molgiae.config import Config
@@ -88,11 +95,16 @@ def train(
     cfg = Config()
     if resume and (out / "config.json").exists():
         cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
+    elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
+        from molgiae.training import load_checkpoint
+
+        cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
     model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
                       decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_molecules=max_molecules,
                       val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-                      time_limit_minutes=time_limit, checkpoint_every=checkpoint_every)
+                      time_limit_minutes=time_limit, checkpoint_every=checkpoint_every,
+                      conformer_sampling=conformer_sampling, num_workers=num_workers)
     for k, v in model_opts.items():
         if v is not None:
             setattr(cfg.model, k, v)
@@ -100,7 +112,13 @@ def train(
         if v is not None:
             setattr(cfg.train, k, v)
     cfg.train.device = device
-    cfg = Config.from_dict(cfg.to_dict())  # re-validate
+    try:
+        cfg = Config.from_dict(cfg.to_dict())  # re-validate
+    except ValueError as exc:
+        fail(str(exc))
+    import os
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
 
     missing = [str(p) for p in data if not p.exists()]
     if missing:
@@ -111,7 +129,7 @@ def train(
     if too_big.any():
         err(f"note: {int(too_big.sum())} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
         splits["train"] = splits["train"][~too_big]
-    if not quiet:
+    if not quiet and rank0:
         err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
             f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
     meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
@@ -119,8 +137,9 @@ def train(
         state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val_rmsd:.3f} Å; "
-               f"checkpoints in {out}")
+    if rank0:
+        typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val_rmsd:.3f} Å; "
+                   f"checkpoints in {out}")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -383,6 +402,189 @@ def map_(
     except (ValueError, RuntimeError, OSError) as exc:
         fail(str(exc))
     err(f"wrote {out}: {method} map of {n} embeddings")
+
+
+# ----------------------------------------------------------------------------- finetune / predict
+_TARGET_LIST = "mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, Cv"
+
+
+@app.command(name="finetune", context_settings=MULTI_PATH)
+def finetune_cmd(
+    ctx: typer.Context,
+    target: str = typer.Option(..., "--target", help=f"QM9 target: {_TARGET_LIST}. Energies in eV; U0/U/H/G "
+                                                     "as atomization energies."),
+    data: List[Path] = typer.Option(..., "--data", help="Labelled molecules: QM9 npz files (other files need "
+                                                       "labels named like QM9's, in QM9's units)."),
+    out: Path = typer.Option(..., "--out", help="Run directory: metrics.csv, result.json, predictions.csv, "
+                                                "finetuned.pt, learning_curve.png."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Train on this share of the training split, in (0, 1] "
+                                                           "(a seeded subset of its molecules)."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Autoencoder checkpoint whose encoder "
+                                                                        "starts the run (default: the bundled model)."),
+    scratch: bool = typer.Option(False, "--scratch", help="Random initialisation. Architecture and split from "
+                                                          "--pretrained if given, else from the bundled model, "
+                                                          "else the default ModelConfig (5 % val, 5 % test, "
+                                                          "split seed 0)."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the atom-wise head."),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs (warm-up + cosine schedule over them)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the head initialisation, training subset and batch order."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Molecules per batch."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW)."),
+    patience: int = typer.Option(10, "--patience", help="Early stopping after this many epochs without a better "
+                                                        "validation MAE (0 = off)."),
+    max_val: int = typer.Option(0, "--max-val", help="Validate on a fixed subset of at most N molecules (0 = all)."),
+    max_test: int = typer.Option(0, "--max-test", help="Test on a fixed subset of at most N molecules (0 = all)."),
+    compare_runs: bool = typer.Option(False, "--compare", help="Run pretrained and scratch on identical splits and "
+                                                               "seeds into OUT/pretrained-seedS and OUT/scratch-seedS; "
+                                                               "writes compare.csv, compare.md and compare.png."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+):
+    """Fine-tune the pretrained encoder (or train from scratch) on one QM9 property.
+
+    Uses the pretraining run's molecule-level split, so the autoencoder's test molecules are
+    never trained on. Test MAE is reported in meV for energies.
+    """
+    from molgiae.api import DEFAULT_CHECKPOINT
+    from molgiae.finetune.targets import get_target
+
+    data = _with_extra_paths(ctx, data)
+    try:
+        spec = get_target(target)
+    except ValueError as exc:
+        fail(str(exc))
+    if not 0.0 < fraction <= 1.0:
+        fail(f"--fraction must be in (0, 1] (a share of the training split), got {fraction}")
+    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--patience", patience, 0),
+                             ("--max-val", max_val, 0), ("--max-test", max_test, 0)):
+        if value < low:
+            fail(f"{name} must be >= {low}, got {value}")
+    if not lr > 0:
+        fail(f"--lr must be > 0, got {lr}")
+    if compare_runs and scratch:
+        fail("--compare runs both the pretrained and the scratch model; drop --scratch")
+    if pretrained is not None and not pretrained.is_file():
+        fail(f"checkpoint not found: {pretrained}")
+    if pretrained is None:
+        if DEFAULT_CHECKPOINT.is_file():
+            pretrained = DEFAULT_CHECKPOINT
+        elif scratch:
+            err(f"note: no bundled model ({DEFAULT_CHECKPOINT}); --scratch uses the default ModelConfig")
+        else:
+            fail(f"the bundled default model is missing ({DEFAULT_CHECKPOINT}); pass --pretrained CKPT (an "
+                 f"autoencoder checkpoint of `molgiae train`) or --scratch")
+    missing = [str(p) for p in data if not p.exists()]
+    if missing:
+        fail(f"data file(s) not found: {', '.join(missing)}")
+    import torch
+
+    from molgiae.data.loading import load_conformers
+    from molgiae.training import CheckpointError
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dataset = load_conformers(data, on_error=lambda e: None if quiet else err(f"skipped: {e}"))
+    except ValueError as exc:
+        fail(str(exc))
+    meta = {"data": [Path(p).name for p in data]}
+    options = dict(fraction=fraction, epochs=epochs, device=device, batch_size=batch_size, lr=lr, patience=patience,
+                   freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, quiet=quiet, metadata=meta)
+    try:
+        if compare_runs:
+            from molgiae.finetune.compare import compare, markdown_table, summarise
+
+            rows = compare(dataset, target, out, pretrained, seeds=[seed], **options)
+            typer.echo(markdown_table(rows, summarise(rows)), nl=False)
+            typer.echo(f"compare.csv, compare.md and compare.png in {out}")
+            return
+        from molgiae.finetune.loop import finetune as run_finetune
+
+        res = run_finetune(dataset, target, out, pretrained=pretrained, scratch=scratch, seed=seed, **options)
+    except (ValueError, CheckpointError) as exc:
+        fail(str(exc))
+    r = res.result
+    typer.echo(f"{target}: test MAE {r['test_mae']:.2f} {spec.report_unit} on {r['n_test']} molecules "
+               f"({r['init']}{', frozen encoder' if r['frozen'] else ''}, {r['n_train']} training molecules, "
+               f"best epoch {r['best_epoch']}/{r['epochs_run']}); model in {out / 'finetuned.pt'}")
+
+
+@app.command(name="predict")
+def predict_cmd(
+    inputs: List[str] = typer.Argument(..., help=_INPUT_HELP, show_default=False),
+    model: Path = typer.Option(..., "--model", help="A fine-tuned model (finetuned.pt of `molgiae finetune`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output CSV (replaced atomically)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
+    seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
+    smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
+    no_smiles: bool = typer.Option(False, "--no-smiles", help="Do not perceive SMILES from 3-D geometry "
+                                                              "for records without one."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
+):
+    """Predict a fine-tuned model's property for every conformer of the inputs into a CSV.
+
+    Columns: source, record, name, smiles, n_atoms, <target>_<unit>. Bad records are skipped
+    (listed on stderr). Exit code 0 when at least one conformer was predicted, 1 when none was
+    (then no file is written).
+    """
+    from molgiae.embedding import NothingWrittenError
+    from molgiae.finetune.model import load_predictor, prediction_column, predict_to_csv
+    from molgiae.training import CheckpointError, select_device
+
+    options = _reader_options(num_conformers, seed, smiles_column)
+    _check_out_dir(out)
+    try:
+        predictor = load_predictor(model, device=select_device(device))
+    except (CheckpointError, RuntimeError) as exc:
+        fail(str(exc))
+    with _Feedback("predict", quiet) as fb:
+        try:
+            s = predict_to_csv(predictor, inputs, out, batch_size=batch_size, reader_options=options,
+                               progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles)
+        except NothingWrittenError as exc:
+            s = exc.summary
+    err(f"predicted {prediction_column(predictor.target)} for {s.n_predicted} conformers from "
+        f"{_files_word(s.n_files)}; {s.n_failed} failed")
+    if s.n_predicted == 0:
+        fail(f"nothing was predicted; {out} was not written")
+
+
+# ----------------------------------------------------------------------------- data prepare
+data_app = typer.Typer(help="Conformer data: convert sources into one HDF5 conformer store.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    inputs: List[str] = typer.Argument(..., show_default=False, help=(
+        "GEOM rdkit_folder (a directory with summary_qm9.json / summary_drugs.json), GEOM .msgpack, "
+        "QM9 .npz, conformer-ensemble .npz, or any molecule file (SDF, XYZ, ...); glob patterns allowed.")),
+    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 store (replaced atomically)."),
+    group_by: str = typer.Option("name", "--group-by", help="name | smiles: what makes conformers one molecule "
+                                                            "(molecule id, split and sampling unit)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
+):
+    """Convert conformer sources into one store for `molgiae train --data STORE.h5`.
+
+    WARNING: a GEOM rdkit_folder is read by unpickling its *.pickle files, and unpickling executes code from the file. Only prepare GEOM data from a source you trust. Training never unpickles: it reads the store.
+
+    Molecule ids (the split and sampling unit) are QM9 indices for gdb_N records, else a hash of the name (GEOM: the SMILES). Boltzmann weights are renormalised per molecule (uniform when unknown). Bad records are skipped and listed in the store's errors table.
+    """  # noqa: E501
+    if group_by not in ("name", "smiles"):
+        raise typer.BadParameter("use name or smiles", param_hint="--group-by")
+    _check_out_dir(out)
+    from molgiae.data.store import prepare_store
+
+    with _Feedback("prepare", quiet) as fb:
+        try:
+            s = prepare_store(inputs, out, group_by=group_by, on_error=fb.on_error, progress=fb.progress)
+        except ValueError as exc:
+            fail(str(exc))
+    err(f"wrote {out}: {s.n_conformers} conformers of {s.n_molecules} molecules ({s.n_atoms} atoms); "
+        f"{s.n_errors} records skipped" + (" (see the store's errors table)" if s.n_errors else ""))
 
 
 def main() -> None:

@@ -66,6 +66,15 @@ class TrainConfig:
     time_limit_minutes: float = 0.0  # 0 = none: stop cleanly after this wall time
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
+    # per epoch: "all" conformers, or one conformer per molecule drawn "uniform"ly or by "boltzmann" weight
+    conformer_sampling: str = "all"
+    num_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
+
+    def __post_init__(self) -> None:
+        if self.conformer_sampling not in ("all", "uniform", "boltzmann"):
+            raise ValueError(f"conformer_sampling must be 'all', 'uniform' or 'boltzmann', not {self.conformer_sampling!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, not {self.num_workers}")
 
 
 @dataclass

@@ -3,6 +3,19 @@
 A run directory holds ``config.json``, ``last.pt`` (every ``checkpoint_every`` steps and every
 epoch), ``best.pt`` (best validation rmsd), ``metrics.csv``, ``learning_curve.png`` and
 ``split.json`` (the molecule keys of each split).
+
+Conformer sampling (``TrainConfig.conformer_sampling``): ``"all"`` trains on every conformer of
+the training split each epoch; ``"uniform"`` / ``"boltzmann"`` draw one conformer per molecule
+per epoch (uniformly, or with the molecule's normalised Boltzmann weights). Splits are always by
+molecule key, so all conformers of a molecule are in one split.
+
+Distributed data parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`train` joins the process
+group (NCCL on CUDA, gloo on CPU) and wraps the model in ``DistributedDataParallel``. Every rank
+builds the same epoch batch order; each global batch of ``batch_size`` molecules is split across
+the ranks (rank r takes molecules r, r+K, ...), and each rank's per-atom-mean loss is weighted by
+its share of the global batch's atoms, so K processes take the same steps as one process with the
+same ``batch_size`` (up to float rounding). Only rank 0 validates and writes checkpoints, metrics,
+logs and the progress bar; ``--resume`` reloads ``last.pt`` on every rank.
 """
 from __future__ import annotations
 
@@ -119,6 +132,100 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# ----------------------------------------------------------------------------- distributed (torchrun)
+@dataclass
+class DistInfo:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owns_group: bool = False  # init_process_group was called here (so destroy it at the end)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_name: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1 in the environment).
+
+    torchrun sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+    the backend is NCCL when this process trains on CUDA, gloo otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    if not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        owns = True
+    return DistInfo(world, rank, local, owns)
+
+
+def shard_batch(chunk: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's molecules of a global batch: ``chunk[rank::world_size]`` (sizes balanced,
+    since a bucketed batch is sorted by atom count)."""
+    return chunk[rank::world_size]
+
+
+# ----------------------------------------------------------------------------- conformer sampling
+def conformer_weights(data: ConformerSet) -> np.ndarray:
+    """Per-conformer Boltzmann weights normalised per molecule key: a store's ``weights``, else
+    the ``boltzmann_weight`` property, else (or where unknown) uniform."""
+    from molgiae.data.store import normalised_weights
+
+    w = getattr(data, "weights", None)
+    if w is not None:
+        return np.asarray(w, dtype=np.float64)
+    raw = np.full(len(data), np.nan)
+    if "boltzmann_weight" in data.property_names:
+        raw = data.properties[:, data.property_names.index("boltzmann_weight")]
+    return normalised_weights(data.keys, raw)
+
+
+def sample_conformers(keys: np.ndarray, weights: np.ndarray, ids: np.ndarray, mode: str,
+                      rng: np.random.Generator) -> np.ndarray:
+    """One conformer id per molecule key among ``ids`` (sorted), drawn ``"uniform"``ly or by
+    ``"boltzmann"`` weight (renormalised over ``ids``; uniform for a molecule whose weights sum to 0)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return ids
+    k = np.asarray(keys)[ids]
+    order = np.lexsort((ids, k))
+    ids_s, k_s = ids[order], k[order]
+    starts = np.flatnonzero(np.r_[True, k_s[1:] != k_s[:-1]])
+    counts = np.diff(np.r_[starts, len(ids_s)])
+    u = rng.random(len(starts))
+    pick = starts + np.minimum((u * counts).astype(np.int64), counts - 1)
+    if mode == "boltzmann":
+        w = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64)[ids_s]), 0.0, None)
+        cw = np.cumsum(w)
+        base = cw[starts] - w[starts]
+        total = np.add.reduceat(w, starts)
+        target = base + u * total
+        by_weight = np.clip(np.searchsorted(cw, target, side="right"), starts, starts + counts - 1)
+        pick = np.where(total > 0, by_weight, pick)
+    elif mode != "uniform":
+        raise ValueError(f"unknown conformer sampling {mode!r}")
+    return np.sort(ids_s[pick])
+
+
+class _Collate:
+    """DataLoader collate: (local conformer ids, loss weight, global batch size) → (PyG Batch, ...)."""
+
+    def __init__(self, data: ConformerSet):
+        self.data = data
+
+    def __call__(self, item):
+        ids, weight, n_global = item
+        return batch_from_set(self.data, ids), weight, n_global
+
+
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class RunState:
@@ -194,17 +301,29 @@ def train(
 
     Returns the final run state. All artefacts are written to ``out_dir``.
     """
+    tc = config.train
+    dist_info = setup_distributed(tc.device)
+    rank0 = dist_info.rank == 0
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not rank0:
+        quiet, log = True, (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tc = config.train
     device = select_device(tc.device)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
     torch.manual_seed(tc.seed)
     np_rng = np.random.default_rng(tc.seed)
     random.seed(tc.seed)
 
     train_ids = np.asarray(splits["train"])
-    if tc.max_molecules and len(train_ids) > tc.max_molecules:
+    sampling = tc.conformer_sampling != "all"
+    if sampling and tc.max_molecules:  # a subset of molecules, each with all its conformers
+        mol_keys = np.unique(data.keys[train_ids])
+        if len(mol_keys) > tc.max_molecules:
+            chosen = np.random.default_rng(tc.seed).choice(mol_keys, tc.max_molecules, replace=False)
+            train_ids = train_ids[np.isin(data.keys[train_ids], chosen)]
+    elif tc.max_molecules and len(train_ids) > tc.max_molecules:
         train_ids = np.sort(np.random.default_rng(tc.seed).choice(train_ids, tc.max_molecules, replace=False))
     val_ids = np.asarray(splits["val"])
     if tc.max_val_molecules and len(val_ids) > tc.max_val_molecules:
@@ -215,21 +334,42 @@ def train(
     if too_big.any():
         raise ValueError(f"{int(too_big.sum())} training molecules exceed max_atoms={config.model.max_atoms}")
 
+    weights = conformer_weights(data) if tc.conformer_sampling == "boltzmann" else None
+    if weights is not None and getattr(data, "weights", None) is None and "boltzmann_weight" not in data.property_names:
+        log("note: the data has no Boltzmann weights; --conformer-sampling boltzmann samples uniformly")
+    n_train_molecules = len(np.unique(data.keys[train_ids]))
+
+    def epoch_batches(seed: int) -> list[np.ndarray]:
+        """The global batch order of an epoch (identical on every rank)."""
+        rng = np.random.default_rng(seed)
+        ids = sample_conformers(data.keys, weights, train_ids, tc.conformer_sampling, rng) if sampling else train_ids
+        return bucketed_batches(data.n_atoms, ids, tc.batch_size, rng)
+
     model = GroupInvariantAutoencoder(config.model).to(device)
+    net = model
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil(len(train_ids) / tc.batch_size)
+    steps_per_epoch = math.ceil((n_train_molecules if sampling else len(train_ids)) / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.min_lr_ratio)
     )
     state = RunState(epoch_seed=int(np_rng.integers(2**31)))
-    split_keys = {k: data.keys[v].tolist() for k, v in splits.items()}
+    # molecule keys of each split, each once (conformers of a molecule share a key)
+    split_keys = {k: list(dict.fromkeys(data.keys[v].tolist())) for k, v in splits.items()}
     meta = dict(metadata or {})
     meta.update(
         molgiae_version=__version__, n_train=int(len(train_ids)), n_val=int(len(splits["val"])),
         n_test=int(len(splits["test"])), hardware=hardware_description(device),
         parameters=int(sum(p.numel() for p in model.parameters())),
     )
+    if sampling:
+        meta.update(n_train_molecules=int(n_train_molecules), conformer_sampling=tc.conformer_sampling)
+    if dist_info.enabled:
+        meta["world_size"] = dist_info.world_size
 
     last = out / "last.pt"
     if resume and last.exists():
@@ -246,10 +386,13 @@ def train(
     elif resume:
         log(f"--resume: no {last} yet, starting fresh")
 
-    atomic_write_text(out / "config.json", config.to_json())
-    atomic_write_text(out / "split.json", json.dumps({"seed": tc.split_seed, **split_keys}))
+    if rank0:
+        atomic_write_text(out / "config.json", config.to_json())
+        atomic_write_text(out / "split.json", json.dumps({"seed": tc.split_seed, **split_keys}))
 
     def save(path: Path, with_optimizer: bool = True) -> None:
+        if not rank0:  # rank 0 writes every checkpoint
+            return
         ckpt = {
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
@@ -277,40 +420,82 @@ def train(
         )
         progress.start()
     stopped = False
+    world, rank = dist_info.world_size, dist_info.rank
+
+    def step_inputs(chunks: list[np.ndarray]):
+        """(PyG Batch of this rank's molecules, loss weight, global batch size) per step."""
+        items = []
+        for chunk in chunks:
+            if not dist_info.enabled:
+                items.append((chunk, 1.0, len(chunk)))
+                continue
+            local = shard_batch(chunk, rank, world)
+            # weight = this rank's share of the global batch's atoms (the loss is a per-atom mean);
+            # a rank with no molecule runs one with weight 0, so every rank joins the all-reduce
+            weight = float(data.n_atoms[local].sum() / data.n_atoms[chunk].sum()) if len(local) else 0.0
+            items.append((local if len(local) else chunk[:1], weight, len(chunk)))
+        collate = _Collate(data)
+        if tc.num_workers == 0:
+            return map(collate, items)
+        return torch.utils.data.DataLoader(
+            items, batch_size=None, shuffle=False, collate_fn=collate, num_workers=tc.num_workers,
+            pin_memory=device.type == "cuda", prefetch_factor=4,
+        )
+
     model.train()
     try:
         last_plot = 0.0
         while state.epoch < tc.epochs and not stopped:
-            batches = bucketed_batches(data.n_atoms, train_ids, tc.batch_size, np.random.default_rng(state.epoch_seed))
+            batches = epoch_batches(state.epoch_seed)
             task = progress.add_task("train", total=len(batches), epoch=state.epoch + 1, loss=float("nan")) if progress else None
             if progress:
                 progress.update(task, completed=state.epoch_step)
             running, running_n = 0.0, 0
-            for chunk in batches[state.epoch_step:]:
-                mols = model.dense(batch_from_set(data, chunk).to(device, non_blocking=True))
+            for batch, weight, n_mols in step_inputs(batches[state.epoch_step:]):
+                mols = model.dense(batch.to(device, non_blocking=True))
                 target = mols
                 if tc.coord_noise > 0:
-                    noisy = mols.pos + tc.coord_noise * torch.randn_like(mols.pos) * mols.mask.unsqueeze(-1)
+                    if dist_info.enabled:  # a different, resume-proof noise stream on each rank
+                        gen = torch.Generator(device=device)
+                        gen.manual_seed((tc.seed * 1_000_003 + state.step) * world + rank)
+                        noise = torch.randn(mols.pos.shape, generator=gen, device=device, dtype=mols.pos.dtype)
+                    else:
+                        noise = torch.randn_like(mols.pos)
+                    noisy = mols.pos + tc.coord_noise * noise * mols.mask.unsqueeze(-1)
                     mols = type(mols)(mols.species, noisy, mols.mask)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out_ = model(mols, permutation="straight_through", tau=tc.tau)
+                    out_ = net(mols, permutation="straight_through", tau=tc.tau)
                 parts = reconstruction_loss(out_, target, tc.lambda_type, tc.lambda_perm)
                 optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
+                if dist_info.enabled:
+                    # DDP averages gradients over ranks: world * weight makes the sum of the
+                    # atom-weighted rank losses, i.e. the per-atom mean over the global batch
+                    (parts["loss"] * (world * weight)).backward()
+                    step_loss = (parts["loss"].detach() * weight).reshape(1)
+                    torch.distributed.all_reduce(step_loss)
+                    step_loss = float(step_loss)
+                else:
+                    parts["loss"].backward()
+                    step_loss = float(parts["loss"].detach())
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 state.step += 1
                 state.epoch_step += 1
-                running += float(parts["loss"].detach()) * len(chunk)
-                running_n += len(chunk)
+                running += step_loss * n_mols
+                running_n += n_mols
                 if progress:
                     progress.update(task, advance=1, loss=running / running_n)
                 if state.step % tc.checkpoint_every == 0:
                     state.seconds = time.time() - t_start
                     save(last)
-                if time.time() > deadline:
+                over = time.time() > deadline
+                if dist_info.enabled and math.isfinite(deadline):  # every rank stops at the same step
+                    flag = torch.tensor([float(over)], device=device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    over = bool(flag.item() > 0)
+                if over:
                     stopped = True
                     break
             if progress and task is not None:
@@ -318,14 +503,14 @@ def train(
             state.seconds = time.time() - t_start
             if stopped:
                 save(last)
-                if state.history:
+                if state.history and rank0:
                     write_learning_curve(state.history, out / "learning_curve.png")
                 log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}; {last} saved (use --resume)")
                 break
             state.epoch += 1
             state.epoch_step = 0
             state.epoch_seed = int(np_rng.integers(2**31))
-            val = validate(model, data, val_ids, config, device) if len(val_ids) else {
+            val = validate(model, data, val_ids, config, device) if len(val_ids) and rank0 else {
                 "val_loss": float("nan"), "val_rmsd": float("nan"), "val_element_accuracy": float("nan")}
             state.seconds = time.time() - t_start
             row = {"epoch": state.epoch, "step": state.step, "train_loss": running / max(1, running_n), **val,
@@ -338,9 +523,10 @@ def train(
                 meta["val_element_accuracy"] = val["val_element_accuracy"]
                 save(out / "best.pt", with_optimizer=False)
             save(last)
-            write_metrics_csv(state.history, out / "metrics.csv")
+            if rank0:
+                write_metrics_csv(state.history, out / "metrics.csv")
             final = state.epoch == tc.epochs
-            if final or time.time() - last_plot > 60:  # matplotlib costs ~0.3 s; not every tiny epoch
+            if rank0 and (final or time.time() - last_plot > 60):  # matplotlib costs ~0.3 s; not every tiny epoch
                 write_learning_curve(state.history, out / "learning_curve.png")
                 last_plot = time.time()
             if not quiet:
@@ -349,7 +535,11 @@ def train(
                     f"val_rmsd {val['val_rmsd']:.3f} Å  val_elem_acc {val['val_element_accuracy']:.3f}  "
                     f"({state.seconds:.0f} s)"
                 )
+        if dist_info.enabled:
+            torch.distributed.barrier()  # rank 0 has written its last checkpoint
     finally:
         if progress:
             progress.stop()
+        if dist_info.owns_group:
+            torch.distributed.destroy_process_group()
     return state

@@ -31,6 +31,11 @@ Conventions
   RDKit (sanitised; if that fails, unsanitised), so a malformed block is one error and
   reading goes on. A conformer flagged 2-D by its molblock is an error ("no 3-D
   coordinates"); an all-z=0 structure of more than 3 atoms is caught by check_geometry.
+* GEOM (:mod:`molgiae.data.geom`): a ``.msgpack`` file, or a directory holding
+  ``summary_*.json`` (or such a summary file) as a GEOM ``rdkit_folder``, whose pickles are
+  unpickled (that executes code from the files: trusted data only). One record per conformer,
+  name and smiles = the GEOM SMILES. An ``.npz`` with ``format_version``
+  ``molgiae-conformers-npz-*`` is a conformer-ensemble file (:func:`molgiae.data.store.read_ensemble_npz`).
 * Geometry: every record passes :func:`check_geometry`. Its all-z=0 ("2-D drawing") test
   applies to SD/MOL (and SMILES) input only; npz, xyz, tar and other ASE formats are 3-D
   by construction, and planar/linear molecules there often lie exactly in z = 0.
@@ -52,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from molgiae.chem import atomic_number
+from molgiae.data.geom import is_geom_rdkit_folder, read_geom_msgpack, read_geom_rdkit_folder
 from molgiae.data.record import ConformerRecord, RecordError, check_geometry
 
 Item = ConformerRecord | RecordError
@@ -79,11 +85,12 @@ _BINARY_KINDS = {
     ".npz": "npz",
     ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".tar.bz2": "tar", ".tar.xz": "tar",
     ".traj": "traj", ".json": "json",
+    ".msgpack": "msgpack",  # GEOM (molgiae.data.geom)
 }
 _ASE_FORMATS = {"pdb": "proteindatabank", "cif": "cif", "traj": "traj", "json": "json"}
 # Kinds whose coordinates are 3-D by construction: a molecule lying in the z = 0 plane is
 # real (QM9 gdb_23, G2 planar molecules), so check_geometry's all-z=0 test is skipped.
-_FLAT_OK_KINDS = frozenset({"npz", "xyz", "tar", "pdb", "cif", "traj", "json"})
+_FLAT_OK_KINDS = frozenset({"npz", "xyz", "tar", "pdb", "cif", "traj", "json", "msgpack"})
 
 #: Every file suffix read_records understands (case-insensitive), for --help texts.
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -203,20 +210,22 @@ def _read_checked(path: Path, source: str, opts: _Options) -> Iterator[Item]:
     if not path.exists():
         yield RecordError(source, -1, "file not found")
         return
-    if path.is_dir():
+    geom_folder = is_geom_rdkit_folder(path)  # GEOM rdkit_folder (or its summary_*.json)
+    if path.is_dir() and not geom_folder:
         yield RecordError(source, -1, "is a directory, not a file")
         return
     suffix = _suffix_of(path)
-    if suffix is None:
+    if suffix is None and not geom_folder:
         yield RecordError(source, -1, _unsupported(path))
         return
-    if path.stat().st_size == 0:
+    if not path.is_dir() and path.stat().st_size == 0:
         yield RecordError(source, -1, EMPTY_FILE)
         return
-    allow_flat = _SUFFIX_KIND[suffix] in _FLAT_OK_KINDS
+    allow_flat = geom_folder or _SUFFIX_KIND[suffix] in _FLAT_OK_KINDS
+    items = read_geom_rdkit_folder(path, source) if geom_folder else _dispatch(path, source, opts)
     count, next_index = 0, 0
     try:
-        for item in _dispatch(path, source, opts):
+        for item in items:
             if isinstance(item, ConformerRecord):
                 reason = check_geometry(item, allow_flat=allow_flat)
                 if reason is not None:
@@ -318,6 +327,12 @@ def _read_qm9_npz(path: Path, source: str, opts: _Options) -> Iterator[Item]:
     if not isinstance(data, np.lib.npyio.NpzFile):
         yield RecordError(source, -1, "not an .npz archive (a single .npy array)")
         return
+    if _is_ensemble_npz(data):  # conformer ensembles (molgiae.data.store), e.g. the synthetic GEOM stand-in
+        from molgiae.data.store import read_ensemble_npz
+
+        data.close()
+        yield from read_ensemble_npz(path, source)
+        return
     with data:
         try:
             version = str(data["format_version"]) if "format_version" in data.files else ""
@@ -345,6 +360,13 @@ def _read_qm9_npz(path: Path, source: str, opts: _Options) -> Iterator[Item]:
             index=i, properties={k: float(v) for k, v in zip(names, props[i])},
             smiles=str(smiles[i]) if smiles is not None else "",
         )
+
+
+def _is_ensemble_npz(data) -> bool:
+    try:
+        return "format_version" in data.files and str(data["format_version"]).startswith("molgiae-conformers-npz")
+    except Exception:  # noqa: BLE001 - a corrupt member: let the QM9 path report it
+        return False
 
 
 # --------------------------------------------------------------------------- xyz (QM9 and extxyz)
@@ -750,4 +772,5 @@ _TEXT_READERS: dict[str, Callable[[Iterable[str], str, _Options], Iterator[Item]
 _PATH_READERS: dict[str, Callable[[Path, str, _Options], Iterator[Item]]] = {
     "npz": _read_qm9_npz,
     "tar": _read_tar,
+    "msgpack": lambda path, source, opts: read_geom_msgpack(path, source),
 }

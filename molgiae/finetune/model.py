@@ -1,0 +1,352 @@
+"""A property-prediction model: the autoencoder's PaiNN encoder plus an atom-wise head.
+
+Standardisation (stored as buffers, so a checkpoint predicts in the target's unit):
+
+- **extensive** targets (alpha, r2, zpve, U0, U, H, G, Cv) pool atom contributions by **sum**:
+  ``ŷ = Σ_i (μ + σ a_i) = n μ + σ Σ_i a_i`` with ``μ`` the training-set mean of ``y / n_atoms``
+  (per-atom mean: removes the size dependence) and ``σ`` the training-set std of the residual
+  ``y − n μ`` (a molecule-level scale). The standardised target is ``t = (y − n μ) / σ``.
+- **intensive** targets (mu, homo, lumo, gap) pool by **mean**: ``ŷ = μ + σ mean_i a_i`` with
+  ``μ``, ``σ`` the training-set mean and std of ``y``; ``t = (y − μ) / σ``.
+
+``forward`` returns the standardised prediction ``t̂``, so ``|t̂ − t| · σ`` is exactly the
+molecule's error in the target's unit (an L1 loss on ``t`` is the MAE divided by σ, for both
+kinds). ``a_i`` is an MLP of the encoder's invariant atom features ``s_i``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from molgiae import group
+from molgiae.config import Config, ModelConfig
+from molgiae.finetune.targets import get_target
+from molgiae.model import DenseMolecules
+from molgiae.painn_equivariant import PainnEncoder, mlp
+
+PROPERTY_FORMAT = "molgiae-property-1"
+
+
+class PropertyModel(nn.Module):
+    """PaiNN encoder (the autoencoder's architecture) → atom-wise MLP → sum/mean pooling.
+
+    Buffers ``target_mean`` and ``target_std`` hold the standardisation (see the module
+    docstring); ``pooling`` is "sum" for extensive targets and "mean" for intensive ones.
+    """
+
+    def __init__(self, config: ModelConfig, target: str, pooling: str | None = None,
+                 mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        spec = get_target(target)
+        self.config = config
+        self.target = target
+        self.pooling = pooling or ("sum" if spec.extensive else "mean")
+        if self.pooling not in ("sum", "mean"):
+            raise ValueError(f"pooling must be 'sum' or 'mean', not {self.pooling!r}")
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        for i, z in enumerate(config.elements):
+            lookup[z] = i
+        self.register_buffer("species_of", lookup, persistent=False)
+        self.encoder = PainnEncoder(config)
+        self.head = mlp(config.features, config.features, 1)
+        # Zero output layer: the untrained model predicts the training mean (t̂ = 0) instead of
+        # a sum of up to n random O(1) atom terms; gradients reach the hidden layer after one step.
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.register_buffer("target_mean", torch.tensor(float(mean), dtype=torch.float64))
+        self.register_buffer("target_std", torch.tensor(float(std), dtype=torch.float64))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_scratch(cls, config: ModelConfig, target: str, seed: int = 0, pooling: str | None = None) -> "PropertyModel":
+        """Fresh initialisation of the whole model under ``torch.manual_seed(seed)``."""
+        torch.manual_seed(seed)
+        return cls(config, target, pooling)
+
+    @classmethod
+    def from_autoencoder(cls, checkpoint: dict, target: str, seed: int = 0, pooling: str | None = None) -> "PropertyModel":
+        """The encoder of a loaded autoencoder checkpoint (weights copied exactly) and a fresh head.
+
+        The head is initialised under ``torch.manual_seed(seed)`` exactly as in
+        :meth:`from_scratch`, so the pretrained and scratch models of one seed start from the
+        same head and differ only in the encoder.
+        """
+        config = Config.from_dict(checkpoint["config"]).model
+        model = cls.from_scratch(config, target, seed, pooling)
+        prefix = "encoder."
+        state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
+        model.encoder.load_state_dict(state, strict=True)
+        return model
+
+    @classmethod
+    def from_autoencoder_path(cls, path: str | Path, target: str, seed: int = 0) -> "PropertyModel":
+        from molgiae.training import load_checkpoint
+
+        return cls.from_autoencoder(load_checkpoint(path), target, seed)
+
+    # ------------------------------------------------------------------ inputs
+    def species(self, atomic_numbers: Tensor) -> Tensor:
+        idx = self.species_of[atomic_numbers.clamp(0, 118)]
+        if (idx < 0).any() or (atomic_numbers > 118).any():
+            bad = sorted(set(atomic_numbers[idx < 0].tolist()))
+            raise ValueError(f"elements {bad} are not in the model's vocabulary {list(self.config.elements)}")
+        return idx
+
+    def dense(self, batch) -> DenseMolecules:
+        """PyG ``Batch`` (``atomic_numbers``, ``pos``, ``batch``) → padded tensors."""
+        from torch_geometric.utils import to_dense_batch
+
+        pos, mask = to_dense_batch(batch.pos, batch.batch)
+        species, _ = to_dense_batch(self.species(batch.atomic_numbers), batch.batch)
+        return DenseMolecules(species=species, pos=pos, mask=mask)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, mols: DenseMolecules) -> Tensor:
+        """Standardised prediction ``t̂`` [B]."""
+        t = group.masked_centroid(mols.pos, mols.mask)
+        centred = (mols.pos - t.unsqueeze(1)) * mols.mask.unsqueeze(-1)
+        s, _ = self.encoder.atom_features(mols.species, centred, mols.mask)
+        m = mols.mask.to(s.dtype)
+        a = self.head(s).squeeze(-1) * m
+        if self.pooling == "sum":
+            return a.sum(1)
+        return a.sum(1) / m.sum(1).clamp_min(1.0)
+
+    def standardise(self, y: Tensor, n_atoms: Tensor) -> Tensor:
+        """Target in its unit → standardised ``t`` (float32)."""
+        y = y.to(torch.float64)
+        offset = self.target_mean * n_atoms.to(torch.float64) if self.pooling == "sum" else self.target_mean
+        return ((y - offset) / self.target_std).to(torch.float32)
+
+    def unstandardise(self, t: Tensor, n_atoms: Tensor) -> Tensor:
+        """Standardised ``t̂`` → prediction in the target's unit (float64)."""
+        offset = self.target_mean * n_atoms.to(torch.float64) if self.pooling == "sum" else self.target_mean
+        return t.to(torch.float64) * self.target_std + offset
+
+    @torch.no_grad()
+    def predict(self, mols: DenseMolecules) -> Tensor:
+        """Predictions in the target's unit (float64) [B]."""
+        return self.unstandardise(self.forward(mols), mols.n_atoms)
+
+    def set_standardisation(self, y: np.ndarray, n_atoms: np.ndarray) -> tuple[float, float]:
+        """Set ``target_mean``/``target_std`` from training labels ``y`` [M] and sizes [M]."""
+        y = np.asarray(y, dtype=np.float64)
+        n = np.asarray(n_atoms, dtype=np.float64)
+        if self.pooling == "sum":
+            mean = float(np.mean(y / n))
+            std = float(np.std(y - mean * n))
+        else:
+            mean = float(np.mean(y))
+            std = float(np.std(y))
+        if not np.isfinite(std) or std <= 1e-12:
+            std = 1.0  # one training molecule or constant labels: no scale to learn from
+        self.target_mean.fill_(mean)
+        self.target_std.fill_(std)
+        return mean, std
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def property_checkpoint(model: PropertyModel, autoencoder_config: Config, metadata: dict | None = None,
+                        finetune_config: dict | None = None) -> dict:
+    """A ``weights_only``-loadable dict: format, the autoencoder config, the property head's
+    description (target, unit, pooling, standardisation), the weights and metadata."""
+    spec = get_target(model.target)
+    return {
+        "format": PROPERTY_FORMAT,
+        "config": autoencoder_config.to_dict(),
+        "property": {
+            "target": model.target,
+            "unit": spec.unit,
+            "report_unit": spec.report_unit,
+            "report_scale": spec.report_scale,
+            "extensive": spec.extensive,
+            "atomization": spec.atomization,
+            "pooling": model.pooling,
+            "mean": float(model.target_mean),
+            "std": float(model.target_std),
+            "standardisation": ("per-atom mean of y/n, std of y - n*mean" if model.pooling == "sum"
+                                else "mean and std of y"),
+        },
+        "finetune": dict(finetune_config or {}),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+
+
+def load_property_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a fine-tuned checkpoint with ``weights_only=True``; CheckpointError when it is not one."""
+    from molgiae.training import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != PROPERTY_FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else None
+        hint = " (an autoencoder checkpoint: fine-tune it first with `molgiae finetune`)" if got == "molgiae-checkpoint-1" else ""
+        raise CheckpointError(f"{path} is not a fine-tuned molgiae property model (format {PROPERTY_FORMAT}){hint}")
+    return ckpt
+
+
+def model_from_property_checkpoint(ckpt: dict) -> PropertyModel:
+    config = Config.from_dict(ckpt["config"]).model
+    prop = ckpt["property"]
+    model = PropertyModel(config, prop["target"], prop["pooling"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model
+
+
+@dataclass
+class PropertyPredictor:
+    """A loaded fine-tuned model for inference on records (the ``molgiae predict`` engine).
+
+    ``check`` has the signature of :meth:`molgiae.api.MolgiaeModel.check`, so the streaming
+    helpers of :mod:`molgiae.embedding` accept it.
+    """
+
+    model: PropertyModel
+    path: Path
+    info: dict
+    metadata: dict
+    device: torch.device
+
+    @property
+    def target(self) -> str:
+        return self.model.target
+
+    @property
+    def unit(self) -> str:
+        return get_target(self.model.target).unit
+
+    @property
+    def elements(self) -> tuple[int, ...]:
+        return self.model.config.elements
+
+    def check(self, record, reconstruct: bool = False) -> str | None:
+        """Why the model cannot take ``record`` (geometry, vocabulary), or None."""
+        from molgiae.chem import symbol
+        from molgiae.data.record import check_geometry
+
+        problem = check_geometry(record, allow_flat=True)
+        if problem:
+            return problem
+        outside = sorted(set(record.elements.tolist()) - set(self.elements))
+        if outside:
+            return (f"element(s) {', '.join(symbol(z) for z in outside)} outside the model's vocabulary "
+                    f"({', '.join(symbol(z) for z in self.elements)})")
+        return None
+
+    @torch.no_grad()
+    def predict_records(self, records: Sequence) -> np.ndarray:
+        """Predictions (target unit) of valid records. → float64 [len(records)]."""
+        from molgiae.data.batching import batch_from_records
+
+        if not records:
+            return np.zeros(0)
+        mols = self.model.dense(batch_from_records(records).to(self.device))
+        return self.model.predict(mols).cpu().numpy()
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> PropertyPredictor:
+    device = torch.device(device)
+    ckpt = load_property_checkpoint(path, map_location=device)
+    model = model_from_property_checkpoint(ckpt).to(device)
+    return PropertyPredictor(model=model, path=Path(path), info=dict(ckpt["property"]),
+                             metadata=dict(ckpt.get("metadata", {})), device=device)
+
+
+def encoder_state(model_or_ckpt: Any) -> dict[str, Tensor]:
+    """Encoder weights of a PropertyModel, or of an autoencoder checkpoint dict (``encoder.*``)."""
+    if isinstance(model_or_ckpt, PropertyModel):
+        return {k: v.detach().clone() for k, v in model_or_ckpt.encoder.state_dict().items()}
+    return {k[len("encoder."):]: v for k, v in model_or_ckpt["model"].items() if k.startswith("encoder.")}
+
+
+# ----------------------------------------------------------------------------- predictions to CSV
+def prediction_column(target: str) -> str:
+    """CSV column of a target's predictions: ``<target>_<unit>`` with the unit made file-safe
+    (``U0_eV``, ``alpha_a0^3``, ``Cv_cal_per_mol_K``)."""
+    import re
+
+    unit = get_target(target).unit.replace("/", "_per_")
+    return f"{target}_{re.sub(r'[^A-Za-z0-9^]+', '_', unit).strip('_')}"
+
+
+@dataclass
+class PredictSummary:
+    """Counts of one predict run (``n_records``: items read, good and bad)."""
+
+    out: Path
+    n_predicted: int = 0
+    n_failed: int = 0
+    n_records: int = 0
+    n_files: int = 0
+    seconds: float = 0.0
+
+
+def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], out: str | Path, *,
+                   batch_size: int = 64, reader_options: dict | None = None, progress=None, on_error=None,
+                   smiles: bool = True) -> PredictSummary:
+    """Predict the target for every conformer of ``inputs`` (any format of the readers) into a CSV.
+
+    Columns: source, record, name, smiles, n_atoms, ``<target>_<unit>``; rows in input order.
+    Bad records are skipped and passed to ``on_error`` (the same checks and streaming as
+    ``molgiae embed``). The file is written to a temporary name and renamed; when nothing could
+    be predicted, :class:`molgiae.embedding.NothingWrittenError` is raised and no file is left.
+    """
+    import os
+    import time
+
+    from molgiae.data.readers import iter_records
+    from molgiae.data.record import RecordError
+    from molgiae.embedding import NothingWrittenError, perceive_smiles, stream_results
+
+    out = Path(out)
+    start = time.perf_counter()
+    summary = PredictSummary(out=out)
+    sources: set[str] = set()
+
+    def positioned():
+        for pos, item in enumerate(iter_records([str(p) for p in inputs], **(reader_options or {}))):
+            sources.add(item.source)
+            yield pos, item
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    column = prediction_column(predictor.target)
+    try:
+        import csv
+
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["source", "record", "name", "smiles", "n_atoms", column])
+            for _, item, value in stream_results(predictor, positioned(), predictor.predict_records,
+                                                 batch_size=batch_size, progress=progress, on_error=on_error):
+                summary.n_records += 1
+                if isinstance(item, RecordError):
+                    summary.n_failed += 1
+                    continue
+                smi = item.smiles or (perceive_smiles(item) if smiles else "")
+                w.writerow([item.source, item.index, item.name, smi, item.n_atoms, repr(float(value))])
+                summary.n_predicted += 1
+        summary.n_files = len(sources)
+        if summary.n_predicted == 0:
+            raise NothingWrittenError(f"no conformer could be predicted ({summary.n_failed} failed); "
+                                      f"nothing written to {out}", summary)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    summary.seconds = time.perf_counter() - start
+    return summary
