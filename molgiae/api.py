@@ -15,7 +15,7 @@ import torch
 
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_records
-from molgiae.data.record import ConformerRecord, RecordError, check_geometry
+from molgiae.data.record import ConformerRecord, RecordError, check_record
 from molgiae.model import GroupInvariantAutoencoder
 from molgiae.training import CheckpointError, load_checkpoint, model_from_checkpoint
 
@@ -118,19 +118,7 @@ class MolgiaeModel:
 
     def check(self, record: ConformerRecord, reconstruct: bool = False) -> str | None:
         """Why this model cannot take a record (geometry, vocabulary, size), or None."""
-        problem = check_geometry(record, allow_flat=True)
-        if problem:
-            return problem
-        outside = sorted(set(record.elements.tolist()) - set(self.elements))
-        if outside:
-            from molgiae.chem import symbol
-
-            return (f"element(s) {', '.join(symbol(z) for z in outside)} outside the model's vocabulary "
-                    f"({', '.join(symbol(z) for z in self.elements)})")
-        if reconstruct and record.n_atoms > self.max_atoms:
-            return (f"{record.n_atoms} atoms: above this model's max_atoms={self.max_atoms}, "
-                    f"so it cannot be reconstructed (embedding works)")
-        return None
+        return check_record(record, self.elements, self.max_atoms if reconstruct else None)
 
     # ---------------------------------------------------------------- batched cores
     @torch.no_grad()

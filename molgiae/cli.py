@@ -53,28 +53,28 @@ def train(
     ctx: typer.Context,
     data: List[Path] = typer.Option(..., "--data", help="QM9 npz files or any molecule files (SDF, XYZ, ...)."),
     out: Path = typer.Option(..., "--out", help="Run directory (config.json, last.pt, best.pt, metrics.csv, ...)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs [10]."),
-    batch_size: Optional[int] = typer.Option(None, help="Molecules per batch [64]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [5e-4]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [0]."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: 10)."),
+    batch_size: Optional[int] = typer.Option(None, help="Molecules per batch (default: 64)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: 5e-4)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: 0)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt (its config.json wins)."),
-    features: Optional[int] = typer.Option(None, help="Feature width F [64]."),
-    embedding_dim: Optional[int] = typer.Option(None, help="Size of the invariant code z [128]."),
-    encoder_layers: Optional[int] = typer.Option(None, help="Encoder PaiNN blocks [3]."),
-    decoder_layers: Optional[int] = typer.Option(None, help="Decoder blocks [3]."),
-    decoder: Optional[str] = typer.Option(None, help="equivariant | transformer [equivariant]."),
-    max_atoms: Optional[int] = typer.Option(None, help="Largest molecule the decoder reconstructs [29]."),
+    features: Optional[int] = typer.Option(None, help="Feature width F (default: 64)."),
+    embedding_dim: Optional[int] = typer.Option(None, help="Size of the invariant code z (default: 128)."),
+    encoder_layers: Optional[int] = typer.Option(None, help="Encoder PaiNN blocks (default: 3)."),
+    decoder_layers: Optional[int] = typer.Option(None, help="Decoder blocks (default: 3)."),
+    decoder: Optional[str] = typer.Option(None, help="equivariant | transformer (default: equivariant)."),
+    max_atoms: Optional[int] = typer.Option(None, help="Largest molecule the decoder reconstructs (default: 29)."),
     max_molecules: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many molecules."),
-    val_fraction: Optional[float] = typer.Option(None, help="Validation fraction of molecules [0.05]."),
-    test_fraction: Optional[float] = typer.Option(None, help="Test fraction of molecules [0.05]."),
-    split_seed: Optional[int] = typer.Option(None, help="Seed of the molecule-level split [0]."),
+    val_fraction: Optional[float] = typer.Option(None, help="Validation fraction of molecules (default: 0.05)."),
+    test_fraction: Optional[float] = typer.Option(None, help="Test fraction of molecules (default: 0.05)."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the molecule-level split (default: 0)."),
     time_limit: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between last.pt writes [500]."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between last.pt writes (default: 500)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     conformer_sampling: Optional[str] = typer.Option(None, "--conformer-sampling", help="all | uniform | boltzmann: "
                                                      "every conformer per epoch, or one per molecule [all]."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader processes building batches [0]."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader processes building batches (default: 0)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
 ):
     """Train the autoencoder; writes checkpoints, metrics.csv and learning_curve.png to OUT.
@@ -146,7 +146,7 @@ def train(
 @app.command(context_settings=MULTI_PATH)
 def evaluate(
     ctx: typer.Context,
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint [the bundled default model]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled default model)."),
     data: List[Path] = typer.Option(..., "--data", help="QM9 npz or molecule files."),
     split: str = typer.Option("all", help="all | test | val | train: molecules of this split of the checkpoint."),
     limit: Optional[int] = typer.Option(None, help="Evaluate at most N molecules (seeded choice)."),
@@ -203,7 +203,7 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- info
 @app.command()
-def info(model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint [the bundled default model].")):
+def info(model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled default model).")):
     """Print a model's card: data, split, training, size and measured metrics."""
     m = _open_model(model)
     meta = m.metadata
@@ -446,9 +446,13 @@ def finetune_cmd(
     Uses the pretraining run's molecule-level split, so the autoencoder's test molecules are
     never trained on. Test MAE is reported in meV for energies.
     """
+    import os
+
     from molgiae.api import DEFAULT_CHECKPOINT
     from molgiae.finetune.targets import get_target
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail("finetune runs as one process (one GPU or the CPU); torchrun / DDP is supported by `train` only")
     data = _with_extra_paths(ctx, data)
     try:
         spec = get_target(target)

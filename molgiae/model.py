@@ -54,24 +54,26 @@ class Reconstruction:
     soft_permutation: Tensor | None
 
 
-class GroupInvariantAutoencoder(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        lookup = torch.full((119,), -1, dtype=torch.long)
-        for i, z in enumerate(config.elements):
-            lookup[z] = i
-        self.register_buffer("species_of", lookup, persistent=False)
-        self.encoder = PainnEncoder(config)
-        self.decoder = build_decoder(config)
+class ElementVocabulary(nn.Module):
+    """Atomic numbers → vocabulary indices, and PyG ``Batch`` → padded :class:`DenseMolecules`.
 
-    # ------------------------------------------------------------------ inputs
+    Shared by every model that reads atoms (autoencoder, property model); holds no weights.
+    """
+
+    def __init__(self, elements: tuple[int, ...]):
+        super().__init__()
+        self.elements = tuple(elements)
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        for i, z in enumerate(self.elements):
+            lookup[z] = i
+        self.register_buffer("lookup", lookup, persistent=False)
+
     def species(self, atomic_numbers: Tensor) -> Tensor:
         """Atomic numbers → vocabulary indices; raises ValueError for elements outside it."""
-        idx = self.species_of[atomic_numbers.clamp(0, 118)]
+        idx = self.lookup[atomic_numbers.clamp(0, 118)]
         if (idx < 0).any() or (atomic_numbers > 118).any():
-            bad = sorted(set(atomic_numbers[idx < 0].tolist()))
-            raise ValueError(f"elements {bad} are not in the model's vocabulary {list(self.config.elements)}")
+            bad = sorted(set(atomic_numbers[(idx < 0) | (atomic_numbers > 118)].tolist()))
+            raise ValueError(f"elements {bad} are not in the model's vocabulary {list(self.elements)}")
         return idx
 
     def dense(self, batch) -> DenseMolecules:
@@ -81,6 +83,22 @@ class GroupInvariantAutoencoder(nn.Module):
         pos, mask = to_dense_batch(batch.pos, batch.batch)
         species, _ = to_dense_batch(self.species(batch.atomic_numbers), batch.batch)
         return DenseMolecules(species=species, pos=pos, mask=mask)
+
+
+class GroupInvariantAutoencoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.vocabulary = ElementVocabulary(config.elements)
+        self.encoder = PainnEncoder(config)
+        self.decoder = build_decoder(config)
+
+    # ------------------------------------------------------------------ inputs
+    def species(self, atomic_numbers: Tensor) -> Tensor:
+        return self.vocabulary.species(atomic_numbers)
+
+    def dense(self, batch) -> DenseMolecules:
+        return self.vocabulary.dense(batch)
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, mols: DenseMolecules) -> Encoding:

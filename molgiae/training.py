@@ -80,8 +80,15 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a molgiae checkpoint with ``weights_only=True``; clear errors for missing/corrupt files."""
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    expected_format: str = CHECKPOINT_FORMAT,
+    what: str = "a molgiae checkpoint",
+    hints: dict[str, str] | None = None,
+) -> dict:
+    """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or
+    foreign files. ``hints`` maps a wrong file's format to advice appended to the error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -89,8 +96,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a molgiae checkpoint (format {CHECKPOINT_FORMAT})")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != expected_format:
+        hint = (hints or {}).get(found, "")
+        raise CheckpointError(f"{path} is not {what} (format {expected_format}){hint}")
     return ckpt
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import ase
 import ase.io
 
+from tests.molfiles import molblock, write_sdf
 from molgiae.cli import app
 from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord
@@ -58,28 +59,6 @@ def qm9_records(qm9_fixture_npz) -> list[ConformerRecord]:
 def run_cli(*args: str):
     """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
     return runner.invoke(app, [str(a) for a in args])
-
-
-def molblock(elements, coords, name: str) -> str:
-    """A bond-less 3-D molblock of elements [n] and coords [n, 3]."""
-    mol = Chem.RWMol()
-    for z in elements:
-        atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)
-        mol.AddAtom(atom)
-    conf = Chem.Conformer(len(elements))
-    for i, xyz in enumerate(np.asarray(coords, float)):
-        conf.SetAtomPosition(i, xyz.tolist())
-    conf.Set3D(True)
-    mol.AddConformer(conf)
-    mol.SetProp("_Name", name)
-    mol.UpdatePropertyCache(strict=False)
-    return Chem.MolToMolBlock(mol)
-
-
-def write_sdf(path: Path, blocks: list[str]) -> Path:
-    path.write_text("".join(b + "$$$$\n" for b in blocks))
-    return path
 
 
 def write_xyz(path: Path, mols: list[tuple[np.ndarray, np.ndarray, str]]) -> Path:

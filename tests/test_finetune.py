@@ -16,6 +16,8 @@ import torch
 from rdkit import Chem
 from typer.testing import CliRunner
 
+from tests.molfiles import molblock
+from tests.molfiles import write_sdf as write_sdf_blocks
 from molgiae.cli import app
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.conformers import ConformerSet, load_qm9_npz
@@ -85,27 +87,8 @@ def row_of(data: ConformerSet, key: int) -> int:
     return int(np.flatnonzero(data.keys == key)[0])
 
 
-def molblock(elements, coords, name: str, props: dict | None = None) -> str:
-    mol = Chem.RWMol()
-    for z in elements:
-        atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)
-        mol.AddAtom(atom)
-    conf = Chem.Conformer(len(elements))
-    for i, xyz in enumerate(np.asarray(coords, float)):
-        conf.SetAtomPosition(i, xyz.tolist())
-    conf.Set3D(True)
-    mol.AddConformer(conf)
-    mol.SetProp("_Name", name)
-    for k, v in (props or {}).items():
-        mol.SetProp(k, str(v))
-    mol.UpdatePropertyCache(strict=False)
-    return Chem.MolToMolBlock(mol) + "".join(f">  <{k}>\n{v}\n\n" for k, v in (props or {}).items())
-
-
 def write_sdf(path: Path, records: list[tuple]) -> Path:
-    path.write_text("".join(molblock(*r) + "$$$$\n" for r in records))
-    return path
+    return write_sdf_blocks(path, [molblock(*r) for r in records])
 
 
 def cli(*args):

@@ -89,3 +89,22 @@ def check_geometry(
                 f"(overlapping atoms)"
             )
     return None
+
+
+def check_record(record: ConformerRecord, elements: tuple[int, ...], max_atoms: int | None = None) -> str | None:
+    """Why a model with vocabulary ``elements`` (and, to reconstruct, ``max_atoms``) cannot take
+    a record: its geometry (:func:`check_geometry`, flat molecules allowed), elements outside the
+    vocabulary, or too many atoms. None when it can."""
+    from molgiae.chem import symbol
+
+    problem = check_geometry(record, allow_flat=True)
+    if problem:
+        return problem
+    outside = sorted(set(record.elements.tolist()) - set(elements))
+    if outside:
+        return (f"element(s) {', '.join(symbol(z) for z in outside)} outside the model's vocabulary "
+                f"({', '.join(symbol(z) for z in elements)})")
+    if max_atoms is not None and record.n_atoms > max_atoms:
+        return (f"{record.n_atoms} atoms: above this model's max_atoms={max_atoms}, "
+                f"so it cannot be reconstructed (embedding works)")
+    return None

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from molgiae import group
 from molgiae.config import Config, ModelConfig
 from molgiae.finetune.targets import get_target
-from molgiae.model import DenseMolecules
+from molgiae.model import DenseMolecules, ElementVocabulary
 from molgiae.painn_equivariant import PainnEncoder, mlp
 
 PROPERTY_FORMAT = "molgiae-property-1"
@@ -48,10 +48,7 @@ class PropertyModel(nn.Module):
         self.pooling = pooling or ("sum" if spec.extensive else "mean")
         if self.pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', not {self.pooling!r}")
-        lookup = torch.full((119,), -1, dtype=torch.long)
-        for i, z in enumerate(config.elements):
-            lookup[z] = i
-        self.register_buffer("species_of", lookup, persistent=False)
+        self.vocabulary = ElementVocabulary(config.elements)
         self.encoder = PainnEncoder(config)
         self.head = mlp(config.features, config.features, 1)
         # Zero output layer: the untrained model predicts the training mean (t̂ = 0) instead of
@@ -91,19 +88,10 @@ class PropertyModel(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def species(self, atomic_numbers: Tensor) -> Tensor:
-        idx = self.species_of[atomic_numbers.clamp(0, 118)]
-        if (idx < 0).any() or (atomic_numbers > 118).any():
-            bad = sorted(set(atomic_numbers[idx < 0].tolist()))
-            raise ValueError(f"elements {bad} are not in the model's vocabulary {list(self.config.elements)}")
-        return idx
+        return self.vocabulary.species(atomic_numbers)
 
     def dense(self, batch) -> DenseMolecules:
-        """PyG ``Batch`` (``atomic_numbers``, ``pos``, ``batch``) → padded tensors."""
-        from torch_geometric.utils import to_dense_batch
-
-        pos, mask = to_dense_batch(batch.pos, batch.batch)
-        species, _ = to_dense_batch(self.species(batch.atomic_numbers), batch.batch)
-        return DenseMolecules(species=species, pos=pos, mask=mask)
+        return self.vocabulary.dense(batch)
 
     # ------------------------------------------------------------------ forward
     def forward(self, mols: DenseMolecules) -> Tensor:
@@ -183,20 +171,12 @@ def property_checkpoint(model: PropertyModel, autoencoder_config: Config, metada
 
 def load_property_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a fine-tuned checkpoint with ``weights_only=True``; CheckpointError when it is not one."""
-    from molgiae.training import CheckpointError
+    from molgiae.training import CHECKPOINT_FORMAT, load_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != PROPERTY_FORMAT:
-        got = ckpt.get("format") if isinstance(ckpt, dict) else None
-        hint = " (an autoencoder checkpoint: fine-tune it first with `molgiae finetune`)" if got == "molgiae-checkpoint-1" else ""
-        raise CheckpointError(f"{path} is not a fine-tuned molgiae property model (format {PROPERTY_FORMAT}){hint}")
-    return ckpt
+    return load_checkpoint(
+        path, map_location, expected_format=PROPERTY_FORMAT, what="a fine-tuned molgiae property model",
+        hints={CHECKPOINT_FORMAT: " (an autoencoder checkpoint: fine-tune it first with `molgiae finetune`)"},
+    )
 
 
 def model_from_property_checkpoint(ckpt: dict) -> PropertyModel:
@@ -236,17 +216,9 @@ class PropertyPredictor:
 
     def check(self, record, reconstruct: bool = False) -> str | None:
         """Why the model cannot take ``record`` (geometry, vocabulary), or None."""
-        from molgiae.chem import symbol
-        from molgiae.data.record import check_geometry
+        from molgiae.data.record import check_record
 
-        problem = check_geometry(record, allow_flat=True)
-        if problem:
-            return problem
-        outside = sorted(set(record.elements.tolist()) - set(self.elements))
-        if outside:
-            return (f"element(s) {', '.join(symbol(z) for z in outside)} outside the model's vocabulary "
-                    f"({', '.join(symbol(z) for z in self.elements)})")
-        return None
+        return check_record(record, self.elements)
 
     @torch.no_grad()
     def predict_records(self, records: Sequence) -> np.ndarray:
