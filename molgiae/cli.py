@@ -451,8 +451,8 @@ def finetune_cmd(
     from molgiae.api import DEFAULT_CHECKPOINT
     from molgiae.finetune.targets import get_target
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        fail("finetune runs as one process (one GPU or the CPU); torchrun / DDP is supported by `train` only")
+    if compare_runs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail("--compare runs as one process; launch pretrained and --scratch runs under torchrun separately")
     data = _with_extra_paths(ctx, data)
     try:
         spec = get_target(target)
@@ -509,6 +509,8 @@ def finetune_cmd(
     except (ValueError, CheckpointError) as exc:
         fail(str(exc))
     r = res.result
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     typer.echo(f"{target}: test MAE {r['test_mae']:.2f} {spec.report_unit} on {r['n_test']} molecules "
                f"({r['init']}{', frozen encoder' if r['frozen'] else ''}, {r['n_train']} training molecules, "
                f"best epoch {r['best_epoch']}/{r['epochs_run']}); model in {out / 'finetuned.pt'}")

@@ -126,3 +126,31 @@ def test_dataloader_workers_give_the_same_run(tmp_path):
         states.append(load_checkpoint(tmp_path / f"w{workers}" / "last.pt")["model"])
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
+
+
+FINETUNE = ["--target", "U0", "--epochs", "2", "--batch-size", "8", "--seed", "2", "--lr", "2e-3",
+            "--patience", "0", "--threads", "1", "--device", "cpu", "--quiet"]
+
+
+def test_finetune_under_torchrun_matches_one_process(tmp_path, tiny_checkpoint):
+    """`torchrun --nproc_per_node=2 -m molgiae finetune` (gloo) takes the same steps as one
+    process with the same global batch: same fine-tuned weights, same test MAE, one set of outputs."""
+    common = ["finetune", "--data", str(QM9_FIXTURE), "--pretrained", str(tiny_checkpoint), *FINETUNE]
+    single = _run([sys.executable, "-m", "molgiae", *common, "--out", str(tmp_path / "one")])
+    port = _free_port()
+    double = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d",
+                   f"--rdzv-endpoint=localhost:{port}", "-m", "molgiae", *common, "--out", str(tmp_path / "two")])
+    assert single.count("test MAE") == 1 and double.count("test MAE") == 1
+    a = torch.load(tmp_path / "one" / "finetuned.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "finetuned.pt", weights_only=True)
+    changed = 0
+    for k, v in a["model"].items():
+        assert torch.allclose(v, b["model"][k], atol=1e-5), k
+        changed += 1
+    assert changed > 0
+    import json
+
+    ra = json.loads((tmp_path / "one" / "result.json").read_text())
+    rb = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert rb["world_size"] == 2 and "world_size" not in ra
+    assert rb["test_mae"] == pytest.approx(ra["test_mae"], rel=1e-4)

@@ -260,9 +260,15 @@ def finetune(
     pretrained = Path(pretrained) if pretrained is not None else None
     ae_config, ae_ckpt, sha = _resolve_architecture(pretrained, scratch, model_config, train_config)
     init = "scratch" if scratch else "pretrained"
-    from molgiae.training import lr_factor, select_device
+    from molgiae.training import lr_factor, select_device, setup_distributed, shard_batch
 
+    dist_info = setup_distributed(device)
+    world, rank0 = dist_info.world_size, dist_info.rank == 0
+    if not rank0:
+        quiet, log = True, (lambda msg: None)
     dev = select_device(device)
+    if dist_info.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist_info.local_rank)
     splits, split_info = finetune_splits(data, labels, ae_config.train, fraction, seed, max_val, max_test)
     train_ids, val_ids, test_ids = splits["train"], splits["val"], splits["test"]
     if len(train_ids) == 0:
@@ -285,6 +291,13 @@ def finetune(
     if freeze_encoder:
         model.encoder.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
+    net = model
+    if dist_info.enabled:  # gradients of the trainable parameters are averaged over ranks
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the autoencoder's code, frame and score heads are part of the encoder but unused here
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      find_unused_parameters=True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
     total_steps = steps_per_epoch * epochs
@@ -320,11 +333,20 @@ def finetune(
                 task = progress.add_task("train", total=len(batches), epoch=epoch, loss=float("nan"))
             running, count = 0.0, 0
             for chunk in batches:
-                mols = model.dense(batch_from_set(data, chunk).to(dev))
-                t = model.standardise(y_all[chunk].to(dev), mols.n_atoms)
-                value = loss_fn(model(mols), t)
+                # under torchrun each rank takes molecules rank, rank+K, ... of the global batch;
+                # the loss is a per-molecule mean, so a rank's weight is its share of molecules
+                # (a rank left without one runs a molecule with weight 0 to join the all-reduce)
+                local = shard_batch(chunk, dist_info.rank, world) if dist_info.enabled else chunk
+                weight = len(local) / len(chunk)
+                local = local if len(local) else chunk[:1]
+                mols = model.dense(batch_from_set(data, local).to(dev))
+                t = model.standardise(y_all[local].to(dev), mols.n_atoms)
+                value = loss_fn(net(mols), t)
                 optimizer.zero_grad(set_to_none=True)
-                value.backward()
+                (value * (world * weight)).backward()
+                if dist_info.enabled:
+                    value = (value.detach() * weight).reshape(1)
+                    torch.distributed.all_reduce(value)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -343,7 +365,8 @@ def finetune(
             row = {"epoch": epoch, "train_loss": running / max(1, count), "val_mae": val_mae,
                    "seconds": round(time.time() - t0, 2)}
             history.append(row)
-            _atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
+            if rank0:
+                _atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
             improved = not math.isfinite(best["val_mae"]) or val_mae < best["val_mae"]
             if improved or not len(val_ids):
                 best = {"val_mae": val_mae, "epoch": epoch,
@@ -408,6 +431,12 @@ def finetune(
     from molgiae.training import atomic_torch_save, atomic_write_text
 
     result["molgiae_version"] = __version__
+    if dist_info.enabled:
+        result["world_size"] = world
+        if dist_info.owns_group:
+            torch.distributed.destroy_process_group()
+    if not rank0:  # every rank holds the same model; only rank 0 writes
+        return FinetuneResult(result=result, history=history, model=model.cpu().eval(), out_dir=out, splits=splits)
     model.cpu()
     ckpt = property_checkpoint(model, ae_config, metadata={k: v for k, v in result.items() if k != "hyperparameters"},
                                finetune_config=dataclasses.asdict(cfg))
