@@ -23,13 +23,20 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_CHECKPOINT = PRETRAINED_DIR / "molgiae-qm9.pt"
 
 
+def default_checkpoint_path() -> Path:
+    """Where the default model is: ``$MOLGIAE_DEFAULT_MODEL`` when set (e.g. a site-wide model on
+    a cluster), else the checkpoint bundled with the package."""
+    import os
+
+    return Path(os.environ.get("MOLGIAE_DEFAULT_MODEL") or DEFAULT_CHECKPOINT)
+
+
 def default_checkpoint() -> Path:
-    """Path of the bundled pretrained checkpoint; a clear error when the package lacks it."""
-    if not DEFAULT_CHECKPOINT.is_file():
-        raise CheckpointError(
-            f"the bundled default model is missing ({DEFAULT_CHECKPOINT}); reinstall molgiae or pass --model"
-        )
-    return DEFAULT_CHECKPOINT
+    """Path of the default checkpoint; a clear error when it is missing."""
+    path = default_checkpoint_path()
+    if not path.is_file():
+        raise CheckpointError(f"the default model is missing ({path}); reinstall molgiae or pass --model")
+    return path
 
 
 def file_sha256(path: str | Path) -> str:

@@ -448,7 +448,7 @@ def finetune_cmd(
     """
     import os
 
-    from molgiae.api import DEFAULT_CHECKPOINT
+    from molgiae.api import default_checkpoint_path
     from molgiae.finetune.targets import get_target
 
     if compare_runs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -471,12 +471,13 @@ def finetune_cmd(
     if pretrained is not None and not pretrained.is_file():
         fail(f"checkpoint not found: {pretrained}")
     if pretrained is None:
-        if DEFAULT_CHECKPOINT.is_file():
-            pretrained = DEFAULT_CHECKPOINT
+        default = default_checkpoint_path()
+        if default.is_file():
+            pretrained = default
         elif scratch:
-            err(f"note: no bundled model ({DEFAULT_CHECKPOINT}); --scratch uses the default ModelConfig")
+            err(f"note: no default model ({default}); --scratch uses the default ModelConfig")
         else:
-            fail(f"the bundled default model is missing ({DEFAULT_CHECKPOINT}); pass --pretrained CKPT (an "
+            fail(f"the default model is missing ({default}); pass --pretrained CKPT (an "
                  f"autoencoder checkpoint of `molgiae train`) or --scratch")
     missing = [str(p) for p in data if not p.exists()]
     if missing:

@@ -305,14 +305,11 @@ def test_cli_data_without_labels(qm9, ae_checkpoint, tmp_path):
     assert "the data has no labels for target 'U0'" in res.stderr
 
 
-def test_cli_needs_a_checkpoint_unless_scratch(qm9_fixture_npz, tmp_path):
-    from molgiae.api import DEFAULT_CHECKPOINT
-
-    if DEFAULT_CHECKPOINT.is_file():
-        pytest.skip("a bundled default model is installed")
+def test_cli_needs_a_checkpoint_unless_scratch(qm9_fixture_npz, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOLGIAE_DEFAULT_MODEL", str(tmp_path / "no-default-model.pt"))
     res = cli("finetune", "--target", "U0", "--data", qm9_fixture_npz, "--out", tmp_path / "x", "--quiet")
     assert res.exit_code == 1
-    assert "bundled default model is missing" in res.stderr and "--scratch" in res.stderr
+    assert "default model is missing" in res.stderr and "--scratch" in res.stderr
     res = cli("finetune", "--target", "U0", "--data", qm9_fixture_npz, "--out", tmp_path / "x",
               "--pretrained", tmp_path / "nope.pt")
     assert res.exit_code == 1 and "checkpoint not found" in res.stderr
