@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from molgiae.cli import app
 from molgiae.data.geom import read_geom_msgpack, read_geom_rdkit_folder
-from molgiae.data.loading import load_conformers, name_key
+from molgiae.data.loading import load_conformers
+from molgiae.data.split import name_key
 from molgiae.data.readers import iter_records, read_records, records_only
 from molgiae.data.record import ConformerRecord, RecordError
 from molgiae.data.split import split_ids

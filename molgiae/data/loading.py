@@ -1,7 +1,6 @@
 """Turn user paths into a :class:`ConformerSet` (QM9 npz fast path, any reader otherwise)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -9,11 +8,7 @@ import numpy as np
 
 from molgiae.data.conformers import ConformerSet, is_qm9_npz, load_qm9_npz
 from molgiae.data.record import RecordError
-
-
-def name_key(name: str) -> int:
-    """A stable int64 molecule key from a name (conformers of one molecule share it)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
+from molgiae.data.split import name_key
 
 
 def load_conformers(

@@ -12,6 +12,11 @@ import hashlib
 import numpy as np
 
 
+def name_key(name: str) -> int:
+    """A stable non-negative int64 molecule key from a name (conformers of one molecule share it)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
+
+
 def key_fractions(keys: np.ndarray, seed: int) -> np.ndarray:
     """Uniform pseudo-random number in [0, 1) per key (deterministic). [M] → float64 [M]."""
     out = np.empty(len(keys), dtype=np.float64)

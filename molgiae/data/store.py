@@ -69,7 +69,7 @@ Item = ConformerRecord | RecordError
 
 def molecule_id(record: ConformerRecord, group_by: str = "name") -> int:
     """The int64 molecule id of a record (see the module docstring)."""
-    from molgiae.data.loading import name_key
+    from molgiae.data.split import name_key
 
     m = _QM9_NAME.match(record.name or "")
     if m and group_by == "name":
