@@ -217,8 +217,18 @@ def info(model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint 
         "decoder": m.config.model.decoder,
         **{k: v for k, v in meta.items()},
     }
+    def show(key: str, value, indent: int = 0) -> None:
+        pad = " " * indent
+        if isinstance(value, dict):
+            typer.echo(f"{pad}{key}:")
+            for k, v in value.items():
+                show(k, v, indent + 2)
+        else:
+            text = json.dumps(value) if isinstance(value, list) else (f"{value:.4g}" if isinstance(value, float) else value)
+            typer.echo(f"{pad}{key}: {text}")
+
     for k, v in card.items():
-        typer.echo(f"{k:>22}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+        show(k, v)
 
 
 # ----------------------------------------------------------------------------- embed / reconstruct / merge / map

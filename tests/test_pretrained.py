@@ -1,0 +1,81 @@
+"""The bundled default model: it loads (weights_only), its card is shown, and it still
+reconstructs real QM9 molecules of its own test split as well as when it was shipped."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from molgiae.api import DEFAULT_CHECKPOINT, load_model
+from molgiae.cli import app
+from molgiae.data.conformers import load_qm9_npz
+from molgiae.data.split import split_ids
+from molgiae.metrics import score_molecules
+from tests.equivariance import FIXTURES
+
+TEST_SPLIT_FIXTURE = FIXTURES / "qm9_default_test_split.npz"
+# Measured when the checkpoint was packaged: rmsd_mean 1.071 Å and element accuracy 0.9994 on
+# this fixture (1.072 Å / 0.9991 on the whole 6,279-molecule test split; see the README's model
+# card). The bounds fail on any real regression of the model or of its loading.
+FIXTURE_RMSD_BOUND = 1.15
+FIXTURE_ELEMENT_ACCURACY_MIN = 0.995
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model()
+
+
+def test_checkpoint_is_bundled_small_and_loads_with_weights_only():
+    assert DEFAULT_CHECKPOINT.is_file()
+    assert DEFAULT_CHECKPOINT.stat().st_size < 20 * 2**20
+    ckpt = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+    assert ckpt["config"]["model"]["elements"] == [1, 6, 7, 8, 9]
+    for key in ("data", "n_train", "hardware", "wall_seconds", "parameters", "test_metrics"):
+        assert key in ckpt["metadata"], key
+
+
+def test_fixture_molecules_are_in_the_models_test_split(default_model):
+    data = load_qm9_npz([TEST_SPLIT_FIXTURE])
+    tc = default_model.config.train
+    ids = split_ids(data.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)
+    assert len(ids["test"]) == len(data)
+    assert set(data.keys.tolist()) <= set(torch.load(DEFAULT_CHECKPOINT, weights_only=True)["test_keys"].tolist())
+
+
+def test_regression_reconstruction_quality_on_unseen_molecules(default_model):
+    data = load_qm9_npz([TEST_SPLIT_FIXTURE])
+    scores = score_molecules(default_model.model, data, np.arange(len(data)), aligned=False)
+    assert scores.rmsd.mean() < FIXTURE_RMSD_BOUND, scores.rmsd.mean()
+    assert scores.element_accuracy.mean() > FIXTURE_ELEMENT_ACCURACY_MIN
+
+
+def test_info_shows_the_card():
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    for word in ("parameters", "embedding_dim", "hardware", "wall_seconds", "test_metrics", "rmsd_mean", "n_train"):
+        assert word in result.output, word
+
+
+def test_missing_and_corrupted_checkpoints_give_clear_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["info", "--model", str(tmp_path / "missing.pt")])
+    assert result.exit_code != 0 and "checkpoint not found" in result.output
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(DEFAULT_CHECKPOINT.read_bytes()[:5000])
+    result = runner.invoke(app, ["info", "--model", str(broken)])
+    assert result.exit_code != 0 and "cannot read checkpoint" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_embed_uses_the_default_model_without_a_path(tmp_path):
+    example = FIXTURES.parents[1] / "molgiae" / "examples" / "qm9_test_molecules.sdf"
+    shutil.copy(example, tmp_path / "in.sdf")
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.sdf"), "-o", str(tmp_path / "out.h5"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    import h5py
+
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert f["embedding"].shape == (24, 128)
+        assert np.isfinite(f["embedding"][:]).all()
