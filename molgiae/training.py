@@ -76,6 +76,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG through a temporary file and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 class CheckpointError(RuntimeError):
     pass
 
@@ -261,10 +272,7 @@ def write_learning_curve(rows: list[dict], path: Path) -> None:
     ax[1].plot(ep, [r["val_rmsd"] for r in rows], "o-", color="C2")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("val rmsd (Å, hard P)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path)
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> None:

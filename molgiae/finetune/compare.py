@@ -9,14 +9,13 @@ same batch order and the same hyperparameters. It writes ``compare.csv`` (one ro
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from molgiae.data.conformers import ConformerSet
-from molgiae.finetune.loop import _atomic_csv, finetune
+from molgiae.finetune.loop import _atomic_csv, finetune, finish_curve_figure
 from molgiae.finetune.targets import get_target
 
 COMPARE_COLUMNS = ("target", "fraction", "seed", "init", "frozen", "n_train", "n_val", "n_test", "epochs_run",
@@ -82,20 +81,8 @@ def write_compare_plot(histories: Sequence[tuple[str, int, list[dict]]], path: P
         ep = [r["epoch"] for r in hist]
         ax[0].plot(ep, [r["train_loss"] for r in hist], marker="o", ms=3, label=label, **style)
         ax[1].plot(ep, [r["val_mae"] * report_scale for r in hist], marker="o", ms=3, label=label, **style)
-    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss (standardised)"), ax[0].set_yscale("log")
-    ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val MAE ({report_unit})"), ax[1].set_yscale("log")
-    from matplotlib.ticker import MaxNLocator
-
-    for a in ax:
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax[1].legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    finish_curve_figure(fig, ax, path, report_unit, title)
 
 
 def compare(

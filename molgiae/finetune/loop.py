@@ -186,20 +186,24 @@ def write_finetune_curve(history: list[dict], path: Path, report_unit: str, repo
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
     ep = [r["epoch"] for r in history]
     ax[0].plot(ep, [r["train_loss"] for r in history], "o-")
-    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss (standardised)"), ax[0].set_yscale("log")
     ax[1].plot(ep, [r["val_mae"] * report_scale for r in history], "o-", color="C2")
-    ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val MAE ({report_unit})"), ax[1].set_yscale("log")
+    finish_curve_figure(fig, ax, path, report_unit, title)
+
+
+def finish_curve_figure(fig, ax, path: Path, report_unit: str, title: str = "") -> None:
+    """Label the (train loss, val MAE) axes of a fine-tuning curve figure and save it atomically."""
     from matplotlib.ticker import MaxNLocator
 
+    from molgiae.training import atomic_savefig
+
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss (standardised)"), ax[0].set_yscale("log")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val MAE ({report_unit})"), ax[1].set_yscale("log")
     for a in ax:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path)
 
 
 # ----------------------------------------------------------------------------- the loop
