@@ -16,7 +16,7 @@ import torch
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_records
 from molgiae.data.record import ConformerRecord, RecordError, check_record
-from molgiae.model import GroupInvariantAutoencoder
+from molgiae.model import GroupInvariantAutoencoder, molecule_scores
 from molgiae.training import CheckpointError, load_checkpoint, model_from_checkpoint
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -144,10 +144,7 @@ class MolgiaeModel:
         out = self.model(mols, permutation="hard")
         coords = out.coords.float().cpu().numpy()
         pred_species = out.logits.argmax(-1)
-        sq = ((out.coords - mols.pos) ** 2).sum(-1) * mols.mask
-        n = mols.mask.sum(1)
-        rmsd = torch.sqrt(sq.sum(1) / n).cpu().numpy()
-        acc = (((pred_species == mols.species) & mols.mask).sum(1) / n).cpu().numpy()
+        rmsd, acc = (x.cpu().numpy() for x in molecule_scores(out, mols))
         vocab = np.asarray(self.elements)
         if canonical:
             # canonical pose: decoder output Y in slot order (centred, the model's own frame)

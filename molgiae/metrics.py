@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from molgiae.data.batching import batch_from_set, sized_batches
+from molgiae.data.batching import batch_from_set, make_batch, sized_batches
 from molgiae.data.conformers import ConformerSet
-from molgiae.model import GroupInvariantAutoencoder
+from molgiae.model import GroupInvariantAutoencoder, molecule_scores
 from molgiae.symmetry import is_symmetric
 
 
@@ -91,10 +91,7 @@ def score_molecules(
     for chunk in sized_batches(data.n_atoms, ids, batch_size):
         mols = model.dense(batch_from_set(data, chunk).to(device))
         out = model(mols, permutation="hard")
-        sq = ((out.coords - mols.pos) ** 2).sum(-1) * mols.mask
-        n = mols.mask.sum(1)
-        r = torch.sqrt(sq.sum(1) / n).cpu().numpy()
-        ok = ((out.logits.argmax(-1) == mols.species) & mols.mask).sum(1) / n
+        r, ok = (x.cpu().numpy() for x in molecule_scores(out, mols))
         pred = out.coords.float().cpu().numpy()
         for b, i in enumerate(chunk):
             k = pos_of[int(i)]
@@ -128,8 +125,6 @@ def invariance_error(
             x = torch.from_numpy(data.coords[a:b].astype(np.float32))
             coords.append(((x @ R.T + t)[perm]).numpy())
             elements.append(data.elements[a:b][perm.numpy()])
-        from molgiae.data.batching import make_batch
-
         z = model.embed(model.dense(make_batch(elements, coords).to(device)))
         worst = max(worst, float((z - base).abs().max()))
     return worst

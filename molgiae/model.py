@@ -163,3 +163,13 @@ def reconstruction_loss(
         perm = group.permutation_entropy(out.soft_permutation, m)
         loss = loss + lambda_perm * perm
     return {"loss": loss, "coord": coord.detach(), "type": ce.detach(), "perm": perm.detach()}
+
+
+@torch.no_grad()
+def molecule_scores(out: Reconstruction, mols: DenseMolecules) -> tuple[Tensor, Tensor]:
+    """Per-molecule rmsd [B] (Å, the reconstruction as given, no alignment) and element
+    accuracy [B] (fraction of atoms whose most likely element is the input's)."""
+    n = mols.mask.sum(1)
+    sq = ((out.coords - mols.pos) ** 2).sum(-1) * mols.mask
+    correct = (out.logits.argmax(-1) == mols.species) & mols.mask
+    return torch.sqrt(sq.sum(1) / n), correct.sum(1) / n

@@ -25,19 +25,9 @@ def qm9_fixture_npz() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small, untrained (seeded) molgiae checkpoint: QM9 vocabulary, max_atoms 29, D = 16."""
-    import torch
+    from tests.equivariance import write_tiny_checkpoint
 
-    from molgiae.config import Config, ModelConfig
-    from molgiae.model import GroupInvariantAutoencoder
-    from molgiae.training import CHECKPOINT_FORMAT
-
-    torch.manual_seed(0)
-    cfg = Config(model=ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1))
-    model = GroupInvariantAutoencoder(cfg.model)
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": model.state_dict(),
-                "metadata": {"name": "test-model"}}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt", seed=0, name="test-model")
 
 
 @pytest.fixture(scope="session")

@@ -51,3 +51,18 @@ def dense(model: GroupInvariantAutoencoder, mols: list[tuple[torch.Tensor, torch
         pos[b, : len(z)] = x
         mask[b, : len(z)] = True
     return DenseMolecules(species, pos, mask)
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0, name: str = "test-model", **train) -> Path:
+    """An untrained, seeded autoencoder checkpoint (F = 16, D = 16, one block each side);
+    ``train`` overrides TrainConfig fields (e.g. the split fractions)."""
+    from molgiae.config import Config, ModelConfig, TrainConfig
+    from molgiae.training import CHECKPOINT_FORMAT
+
+    torch.manual_seed(seed)
+    cfg = Config(model=ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
+                 train=TrainConfig(**train))
+    model = GroupInvariantAutoencoder(cfg.model)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": model.state_dict(),
+                "metadata": {"name": name}}, path)
+    return path

@@ -16,6 +16,7 @@ import torch
 from rdkit import Chem
 from typer.testing import CliRunner
 
+from tests.equivariance import write_tiny_checkpoint
 from tests.molfiles import molblock
 from tests.molfiles import write_sdf as write_sdf_blocks
 from molgiae.cli import app
@@ -33,8 +34,6 @@ from molgiae.finetune.model import (
     prediction_column,
 )
 from molgiae.finetune.targets import ATOMREF, TARGET_NAMES, target_values
-from molgiae.model import GroupInvariantAutoencoder
-from molgiae.training import CHECKPOINT_FORMAT
 
 runner = CliRunner()
 HA_TO_EV = 27.211386246
@@ -58,14 +57,8 @@ def qm9(qm9_fixture_npz) -> ConformerSet:
 def ae_checkpoint(tmp_path_factory) -> Path:
     """A tiny seeded autoencoder checkpoint with a 60/20/20 split (enough val/test molecules
     on the 131-molecule fixture)."""
-    torch.manual_seed(1)
-    cfg = Config(model=ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
-                 train=TrainConfig(val_fraction=0.2, test_fraction=0.2, split_seed=0))
-    model = GroupInvariantAutoencoder(cfg.model)
-    path = tmp_path_factory.mktemp("ae") / "ae.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": model.state_dict(),
-                "metadata": {"name": "tiny-ae"}}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ae") / "ae.pt", seed=1, name="tiny-ae",
+                                 val_fraction=0.2, test_fraction=0.2, split_seed=0)
 
 
 @pytest.fixture(scope="module")
