@@ -185,3 +185,45 @@ def test_unknown_element_and_oversized_molecule_are_clear_errors(model):
     # the encoder itself is size-free
     big = (torch.full((n,), 6), torch.from_numpy(np.random.default_rng(0).normal(size=(n, 3)) * 4).float())
     assert torch.isfinite(model.encode(dense(model, [big])).z).all()
+
+
+def reference_message(msg, s, v, pos, mask, cutoff, num_rbf):
+    """PainnMessage written as its formula, with pair unit vectors r̂_ij and the cross product
+    of every pair: ``Δs_i = Σ_j a_ij``, ``Δv_i = Σ_j b_ij v_j + c_ij r̂_ij + e_ij (v_j × r̂_ij)``."""
+    from molgiae.painn_equivariant import pair_geometry
+
+    pairs = pair_geometry(pos, mask, cutoff, num_rbf)
+    r = pos.unsqueeze(1) - pos.unsqueeze(2)  # x_j - x_i
+    unit = r / torch.linalg.norm(r, dim=-1, keepdim=True).clamp_min(1e-6)
+    x = msg.phi(s).unsqueeze(1) * msg.filter(pairs.rbf) * pairs.weight.unsqueeze(-1)
+    a, b, c, e = torch.split(x, msg.features, dim=-1)
+    ds = a.sum(2)
+    dv = torch.einsum("bijf,bjkf->bikf", b, v) + torch.einsum("bijf,bijk->bikf", c, unit)
+    v_j = v.unsqueeze(1).expand(-1, v.shape[1], -1, -1, -1)  # [B, i, j, 3, F]
+    u = unit.unsqueeze(-1).expand_as(v_j)
+    dv = dv + (e.unsqueeze(3) * torch.linalg.cross(v_j, u, dim=3)).sum(2)
+    return ds, dv
+
+
+def test_message_block_equals_its_formula_in_float64():
+    """The block sums per-atom quantities instead of pair vectors (see PainnMessage): the same
+    function, checked against the formula on a padded batch with the first-block shortcut too."""
+    from molgiae.painn_equivariant import PainnMessage, pair_geometry
+
+    torch.manual_seed(3)
+    B, N, F, R, cutoff = 3, 9, 8, 12, 5.0
+    msg = PainnMessage(F, R, cross_product=True).double()
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, 6:] = False
+    mask[2, 4:] = False
+    pos = (torch.randn(B, N, 3, dtype=torch.float64) * 1.5 + 3.0) * mask.unsqueeze(-1)  # off-centre
+    s = torch.randn(B, N, F, dtype=torch.float64)
+    v = torch.randn(B, N, 3, F, dtype=torch.float64) * mask[:, :, None, None]
+    pairs = pair_geometry(pos, mask, cutoff, R)
+    ds, dv = msg(s, v, pairs)
+    ref_ds, ref_dv = reference_message(msg, s, v, pos, mask, cutoff, R)
+    assert dv.abs().max() > 0.1
+    assert torch.allclose(ds, ref_ds, atol=1e-12) and torch.allclose(dv, ref_dv, atol=1e-11)
+    ds0, dv0 = msg(s, torch.zeros_like(v), pairs, v_is_zero=True)
+    ref_ds0, ref_dv0 = reference_message(msg, s, torch.zeros_like(v), pos, mask, cutoff, R)
+    assert torch.allclose(ds0, ref_ds0, atol=1e-12) and torch.allclose(dv0, ref_dv0, atol=1e-11)
