@@ -1,3 +1,4 @@
 from molgiae.cli import main
 
-main()
+if __name__ == "__main__":  # guarded: the read-ahead process (spawn) imports this module again
+    main()

@@ -1,0 +1,65 @@
+"""Process-wide settings for running models on CPU (floor 1: knows nothing of molgiae).
+
+:func:`tune_allocator` keeps freed large blocks in glibc's heap. PyTorch frees and allocates
+the same large pair tensors ([B, N, N, F], several MiB) on every batch; by default glibc serves
+blocks above its (dynamic, ≤ 32 MiB) mmap threshold with fresh ``mmap`` calls whose pages are
+faulted in again on first touch, and returns them on ``free``. Measured on 2 CPU cores with the
+default model: embedding 870 → 2,100 molecules/s at batch size 64. The cost: the process keeps
+up to ``trim_threshold`` bytes of freed heap instead of returning it, so its resident memory
+stays at the peak working set of one batch (bounded by batch size × atoms², flat in the number
+of molecules).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameters of glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_tuned = False
+
+
+def _libc():
+    """glibc through ctypes, or None (another C library or platform)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def tune_allocator(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Raise glibc's mmap and trim thresholds (bytes) for this process; True when applied.
+
+    A no-op returning False where the C library is not glibc (macOS, musl, Windows). Calling it
+    again does nothing. The commands that run models (train, evaluate, embed, reconstruct,
+    finetune, predict) call it; call it yourself before using the Python API in a long job.
+    """
+    global _tuned
+    if _tuned:
+        return True
+    libc = _libc()
+    if libc is None:
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+    _tuned = ok
+    return ok
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``; a no-op elsewhere).
+
+    Long streaming loops call it between windows: model calls on batches of varying shapes
+    leave free holes between live blocks, which ``malloc_trim`` returns (``madvise``) so the
+    resident memory tracks what is in use instead of creeping up with the number of molecules.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
