@@ -15,6 +15,7 @@ import torch
 
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_records
+from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_record
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
 from molgiae.training import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -74,7 +75,7 @@ def _rdkit_records(mol, k: int) -> Iterator[ConformerRecord | RecordError]:
     if mol.GetNumConformers() == 0:
         yield RecordError("<rdkit.Mol>", k, "molecule has no conformer (embed it first)", name)
         return
-    elements = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    elements = rdkit_atomic_numbers(mol)
     for conf in mol.GetConformers():
         yield ConformerRecord(elements=elements, coords=conf.GetPositions(), name=name, source="<rdkit.Mol>", index=k)
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError
 
 Item = ConformerRecord | RecordError
@@ -203,7 +204,7 @@ def _rdmol_conformer(conf, smiles: str, source: str, index: int, where: str) -> 
         return RecordError(source, index, f"{where}: conformer has no RDKit 'rd_mol'", smiles)
     if mol.GetNumConformers() < 1:
         return RecordError(source, index, f"{where}: rd_mol has no conformer", smiles)
-    elements = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    elements = rdkit_atomic_numbers(mol)
     coords = mol.GetConformer().GetPositions()
     return ConformerRecord(
         elements=elements, coords=coords, name=smiles, source=source, index=index,

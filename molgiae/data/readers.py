@@ -58,6 +58,7 @@ import numpy as np
 
 from molgiae.chem import atomic_number
 from molgiae.data.geom import is_geom_rdkit_folder, read_geom_msgpack, read_geom_rdkit_folder
+from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_geometry
 
 Item = ConformerRecord | RecordError
@@ -576,14 +577,16 @@ def _sdf_blocks(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
     block: list[str] = []
     start = 1
     for lineno, line in enumerate(lines, start=1):
-        if line.rstrip() == "$$$$":
-            if "".join(block).strip():
-                yield start, "".join(block)
+        if line.startswith("$$$$") and line.rstrip() == "$$$$":
+            text = "".join(block)
+            if text.strip():
+                yield start, text
             block, start = [], lineno + 1
         else:
             block.append(line)
-    if "".join(block).strip():
-        yield start, "".join(block)
+    text = "".join(block)
+    if text.strip():
+        yield start, text
 
 
 def _parse_sd_block(block: str):
@@ -634,7 +637,7 @@ def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Ite
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         props = _numeric_props(mol.GetPropsAsDict(includePrivate=False, includeComputed=False))
         smiles = _mol_smiles(mol)
-        elements = [a.GetAtomicNum() for a in mol.GetAtoms()]
+        elements = rdkit_atomic_numbers(mol)
         conformers = list(mol.GetConformers())
         if not conformers:
             yield RecordError(source, index, "no 3-D coordinates (record has no conformer)", name)

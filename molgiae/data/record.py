@@ -74,18 +74,21 @@ def check_geometry(
     if n == 0:
         return "molecule has no atoms"
     x = record.coords
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        return f"non-finite coordinate (NaN or inf) at atom {bad + 1}"
-    if not allow_flat and n > 3 and np.all(x[:, 2] == 0.0):
+    if not np.isfinite(x.sum()):  # one reduction on the happy path; NaN/inf propagate
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if len(bad):  # (else only the sum overflowed)
+            return f"non-finite coordinate (NaN or inf) at atom {int(bad[0]) + 1}"
+    if not allow_flat and n > 3 and not x[:, 2].any():
         return "no 3-D coordinates (all z = 0): a 2-D structure"
     if n > 1:
-        d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=-1)
-        d[np.diag_indices(n)] = np.inf
-        i, j = np.unravel_index(np.argmin(d), d.shape)
-        if d[i, j] < min_distance:
+        diff = x[:, None, :] - x[None, :, :]
+        d2 = np.einsum("ijk,ijk->ij", diff, diff)
+        d2.flat[:: n + 1] = np.inf
+        k = int(d2.argmin())
+        if d2.flat[k] < min_distance * min_distance:
+            i, j = divmod(k, n)
             return (
-                f"atoms {min(i, j) + 1} and {max(i, j) + 1} are {d[i, j]:.3f} Å apart "
+                f"atoms {min(i, j) + 1} and {max(i, j) + 1} are {np.sqrt(d2.flat[k]):.3f} Å apart "
                 f"(overlapping atoms)"
             )
     return None
