@@ -7,14 +7,16 @@ For each size N it writes a seeded random sample of N QM9 molecules of ``--qm9``
 with RDKit, like a real SD file) into a temporary directory, then runs a fresh subprocess per
 size that measures, one printed line each:
 
-* end-to-end ``embed_to_hdf5`` (read SDF, check, embed, perceive nothing: SD records carry
-  SMILES, write HDF5), mol/s, and the process's peak RSS right after it;
+* end-to-end ``embed_to_hdf5`` as ``molgiae embed`` runs it (allocator tuned, records read by
+  a reader process), then again reading in line (``--no-read-ahead``): mol/s each, and the
+  share of wall time spent outside model calls (reading or waiting for the reader, checking,
+  writing), timed inside the run;
+* the process's peak RSS after the first run, and its RSS sampled during that run (quartiles,
+  max: flat in N means these do not grow from 10k to 50k molecules);
 * reading alone (``iter_records`` over the SDF), mol/s;
 * model only: pre-read records through the same checked, size-bucketed batches, mol/s
   (on at most ``--model-only-max`` records, so that list does not dominate memory);
-* the share of end-to-end wall time spent outside model calls (reading, checking, writing),
-  timed inside the end-to-end run;
-* SMILES perception from geometry (what XYZ input costs extra), ms/mol and its share.
+* SMILES perception from geometry (what XYZ input costs extra), ms/mol.
 
 Without ``--model`` the bundled checkpoint is used, or, when the package has none yet, an
 untrained default-config model (same architecture, same cost); the output says which. Not a test.
@@ -45,7 +47,7 @@ def write_qm9_sdf(npz: Path, n: int, out: Path, seed: int = 0) -> int:
     from rdkit import Chem, rdBase
     from rdkit.Chem import rdDetermineBonds
 
-    from molgiae.embedding import _rdkit_molecule
+    from molgiae.data.molecules import rdkit_molecule
 
     block = rdBase.BlockLogs()
     with np.load(npz) as d:
@@ -53,7 +55,7 @@ def write_qm9_sdf(npz: Path, n: int, out: Path, seed: int = 0) -> int:
     rows = np.sort(np.random.default_rng(seed).choice(len(index), min(n, len(index)), replace=False))
     writer = Chem.SDWriter(str(out))
     for i in rows:
-        mol = _rdkit_molecule(Z[ptr[i]:ptr[i + 1]], R[ptr[i]:ptr[i + 1]])
+        mol = rdkit_molecule(Z[ptr[i]:ptr[i + 1]], R[ptr[i]:ptr[i + 1]])
         for perceive in (lambda m: rdDetermineBonds.DetermineBonds(m, charge=0), rdDetermineBonds.DetermineConnectivity):
             try:
                 trial = Chem.RWMol(mol)
@@ -101,15 +103,50 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+class RssSampler:
+    """Samples this process's resident memory (VmRSS, MiB) every ``interval`` s in a thread."""
+
+    def __init__(self, interval: float = 0.25):
+        import threading
+
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    @staticmethod
+    def current_mib() -> float:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append(self.current_mib())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def worker(args) -> dict:
     """One size in a fresh process: end-to-end first (so its peak RSS is clean), then the parts."""
     import torch
 
     torch.set_num_threads(args.threads)
+    from molgiae.runtime import tune_allocator
+
+    tuned = tune_allocator() if args.tune_allocator else False  # as the `molgiae` command does
     from molgiae.api import load_model
+    from molgiae.data.molecules import perceive_smiles
     from molgiae.data.readers import iter_records
     from molgiae.data.record import ConformerRecord
-    from molgiae.embedding import embed_to_hdf5, perceive_smiles, stream_results
+    from molgiae.embedding import embed_to_hdf5, stream_results
 
     model = load_model(args.checkpoint, device=args.device)
     sdf, out = Path(args.sdf), Path(args.sdf).with_suffix(".h5")
@@ -117,22 +154,27 @@ def worker(args) -> dict:
     model.embed_records([r for _, r in zip(range(args.batch_size), good)])  # warm-up
     rss_before = peak_rss_mib()
 
-    in_model = [0.0]
     embed_records = model.embed_records
+    runs = {}
+    for mode in ("read_ahead", "in_line"):  # read-ahead first: `molgiae embed` does it, peak RSS is its
+        in_model = [0.0]
 
-    def timed_embed_records(records):  # time spent in the model during the end-to-end run
-        t0 = time.perf_counter()
-        z = embed_records(records)
-        in_model[0] += time.perf_counter() - t0
-        return z
+        def timed_embed_records(records):  # time spent in the model during the end-to-end run
+            t0 = time.perf_counter()
+            z = embed_records(records)
+            in_model[0] += time.perf_counter() - t0
+            return z
 
-    model.embed_records = timed_embed_records
-    t = time.perf_counter()
-    summary = embed_to_hdf5(model, [str(sdf)], out, batch_size=args.batch_size)
-    t_e2e = time.perf_counter() - t
-    model.embed_records = embed_records
-    rss_e2e = peak_rss_mib()
-    n = summary.n_embedded
+        model.embed_records = timed_embed_records
+        t = time.perf_counter()
+        with RssSampler() as rss:
+            summary = embed_to_hdf5(model, [str(sdf)], out, batch_size=args.batch_size,
+                                    read_ahead=mode == "read_ahead")
+        runs[mode] = {"t": time.perf_counter() - t, "t_in_model": in_model[0], "n": summary.n_embedded,
+                      "failed": summary.n_failed, "rss": peak_rss_mib(),
+                      "rss_samples": [float(np.quantile(rss.samples, q)) for q in (0.25, 0.5, 0.75, 1.0)]}
+        model.embed_records = embed_records
+    n = runs["in_line"]["n"]
 
     t = time.perf_counter()
     n_read = sum(1 for _ in iter_records(sdf))
@@ -150,24 +192,30 @@ def worker(args) -> dict:
     for r in sample:
         perceive_smiles(r)
     t_smiles = (time.perf_counter() - t) / len(sample)
-    return {"n": n, "failed": summary.n_failed, "t_e2e": t_e2e, "t_in_model": in_model[0], "t_read": t_read, "n_read": n_read,
-            "t_model": t_model, "t_smiles": t_smiles, "rss_before": rss_before, "rss_e2e": rss_e2e,
+    return {"n": n, "runs": runs, "t_read": t_read, "n_read": n_read, "tuned": tuned,
+            "t_model": t_model, "t_smiles": t_smiles, "rss_before": rss_before,
             "h5_mib": out.stat().st_size / 2**20, "sdf_mib": sdf.stat().st_size / 2**20}
 
 
 def report(size: int, r: dict) -> None:
     n = r["n"]
-    print(f"[N={size}] end-to-end embed: {n / r['t_e2e']:.0f} mol/s ({n} mols in {r['t_e2e']:.1f} s, "
-          f"{r['failed']} failed; SDF {r['sdf_mib']:.1f} MiB -> HDF5 {r['h5_mib']:.1f} MiB)")
-    print(f"[N={size}] reading SDF only: {r['n_read'] / r['t_read']:.0f} mol/s ({r['t_read']:.1f} s)")
+    for mode, label in (("read_ahead", "reader process (molgiae embed default)"), ("in_line", "in line (--no-read-ahead)")):
+        run = r["runs"][mode]
+        share = 1.0 - run["t_in_model"] / run["t"]
+        print(f"[N={size}] end-to-end embed, {label}: {run['n'] / run['t']:.0f} mol/s ({run['n']} mols in "
+              f"{run['t']:.1f} s, {run['failed']} failed); wall time outside model calls: {100 * share:.0f} %")
+    print(f"[N={size}] SDF {r['sdf_mib']:.1f} MiB -> HDF5 {r['h5_mib']:.1f} MiB; allocator tuned: {r['tuned']}")
+    print(f"[N={size}] reading SDF only: {r['n_read'] / r['t_read']:.0f} mol/s ({r['t_read']:.1f} s, "
+          f"{100 * r['t_read'] / r['runs']['in_line']['t']:.0f} % of the in-line run)")
     print(f"[N={size}] model only (pre-read records, checked + bucketed batches): {n / r['t_model']:.0f} mol/s")
-    io_share = 1.0 - r["t_in_model"] / r["t_e2e"]
-    print(f"[N={size}] end-to-end wall time outside model calls (read + check + write): {100 * io_share:.0f} % "
-          f"(reading alone, timed separately: {100 * r['t_read'] / r['t_e2e']:.0f} %)")
-    print(f"[N={size}] SMILES perception from geometry (XYZ-like input): {1000 * r['t_smiles']:.2f} ms/mol, "
-          f"{100 * r['t_smiles'] * n / (r['t_e2e'] + r['t_smiles'] * n):.0f} % of such a run")
-    print(f"[N={size}] peak RSS: {r['rss_e2e']:.0f} MiB after embed (model loaded: {r['rss_before']:.0f} MiB; "
-          f"growth {r['rss_e2e'] - r['rss_before']:.0f} MiB)")
+    print(f"[N={size}] SMILES perception from geometry (XYZ-like input): {1000 * r['t_smiles']:.2f} ms/mol")
+    ra = r["runs"]["read_ahead"]
+    q25, q50, q75, qmax = ra["rss_samples"]
+    print(f"[N={size}] peak RSS after the read-ahead run: {ra['rss']:.0f} MiB (model loaded and warm: "
+          f"{r['rss_before']:.0f} MiB; growth {ra['rss'] - r['rss_before']:.0f} MiB); after both runs "
+          f"{r['runs']['in_line']['rss']:.0f} MiB")
+    print(f"[N={size}] RSS sampled every 0.25 s during the read-ahead run: quartiles {q25:.0f} / {q50:.0f} / "
+          f"{q75:.0f} MiB, max {qmax:.0f} MiB")
 
 
 def main() -> None:
@@ -179,6 +227,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model-only-max", type=int, default=10_000)
+    ap.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                    help="measure without molgiae.runtime.tune_allocator (the command applies it)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sdf", help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -199,6 +249,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", "--sdf", str(sdf), "--checkpoint", str(ckpt),
                    "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                    "--device", args.device, "--model-only-max", str(args.model_only_max)]
+            cmd += [] if args.tune_allocator else ["--no-tune-allocator"]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)

@@ -301,6 +301,8 @@ def embed(
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
     no_smiles: bool = typer.Option(False, "--no-smiles", help="Do not perceive SMILES from 3-D geometry "
                                                               "for records without one."),
+    read_ahead: bool = typer.Option(True, "--read-ahead/--no-read-ahead",
+                                    help="Read the inputs in a second process, overlapping the model."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
 ):
     """Embed every conformer of the inputs into an HDF5 file of invariant codes z.
@@ -320,7 +322,8 @@ def embed(
     with _Feedback("embed", quiet) as fb:
         try:
             s = embed_to_hdf5(m, inputs, out, batch_size=batch_size, shard=shard_spec, reader_options=options,
-                              progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles)
+                              progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles,
+                              read_ahead=read_ahead)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"embedded {s.n_embedded} conformers from {_files_word(s.n_files)}; {s.n_failed} failed"
@@ -342,6 +345,8 @@ def reconstruct(
     num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
     seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
+    read_ahead: bool = typer.Option(True, "--read-ahead/--no-read-ahead",
+                                    help="Read the inputs in a second process, overlapping the model."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
 ):
     """Encode and decode every conformer; write the reconstructions as SDF with their rmsd.
@@ -357,7 +362,8 @@ def reconstruct(
     with _Feedback("reconstruct", quiet) as fb:
         try:
             s = reconstruct_to_sdf(m, inputs, out, canonical=canonical, batch_size=batch_size,
-                                   reader_options=options, progress=fb.progress, on_error=fb.on_error)
+                                   reader_options=options, progress=fb.progress, on_error=fb.on_error,
+                                   read_ahead=read_ahead)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"reconstructed {s.n_written} conformers from {_files_word(s.n_files)}; {s.n_failed} failed")
@@ -539,6 +545,8 @@ def predict_cmd(
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
     no_smiles: bool = typer.Option(False, "--no-smiles", help="Do not perceive SMILES from 3-D geometry "
                                                               "for records without one."),
+    read_ahead: bool = typer.Option(True, "--read-ahead/--no-read-ahead",
+                                    help="Read the inputs in a second process, overlapping the model."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no per-record error lines."),
 ):
     """Predict a fine-tuned model's property for every conformer of the inputs into a CSV.
@@ -560,7 +568,8 @@ def predict_cmd(
     with _Feedback("predict", quiet) as fb:
         try:
             s = predict_to_csv(predictor, inputs, out, batch_size=batch_size, reader_options=options,
-                               progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles)
+                               progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles,
+                               read_ahead=read_ahead)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"predicted {prediction_column(predictor.target)} for {s.n_predicted} conformers from "
@@ -605,6 +614,9 @@ def data_prepare(
 
 
 def main() -> None:
+    from molgiae.runtime import tune_allocator
+
+    tune_allocator()  # faster CPU model calls (see molgiae/runtime.py); a no-op off glibc
     app()
 
 

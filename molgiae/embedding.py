@@ -41,7 +41,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from molgiae import __version__
+from molgiae.data.batching import pair_budget_batches
+from molgiae.data.molecules import perceive_smiles, rdkit_molecule
+from molgiae.data.read_ahead import position, read_positioned
 from molgiae.data.record import ConformerRecord, RecordError
+from molgiae.runtime import release_free_memory
 
 if TYPE_CHECKING:
     from molgiae.api import MolgiaeModel, ReconstructedMolecule
@@ -53,10 +57,8 @@ OnError = Callable[[RecordError], Any]
 FORMAT = "molgiae-embeddings-1"
 ROW_DATASETS = ("embedding", "name", "source", "record", "smiles", "n_atoms", "input_order")
 ERROR_DATASETS = ("source", "record", "name", "reason", "input_order")
-DEFAULT_WINDOW_BATCHES = 16
+DEFAULT_WINDOW_BATCHES = 64
 H5_CHUNK_ROWS = 1024
-#: SMILES perception (xyz2mol bond orders) is skipped above this size: it can be slow there.
-PERCEIVE_MAX_ATOMS = 150
 
 
 class NothingWrittenError(ValueError):
@@ -122,15 +124,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _positioned(items: Iterable[Item], shard: tuple[int, int] | None, sources: set[str]) -> Iterator[tuple[int, Item]]:
-    """``(global position, item)`` of the items of this shard; records every source seen."""
-    i, n = shard if shard is not None else (0, 1)
-    for pos, item in enumerate(items):
-        sources.add(item.source)
-        if pos % n == i:
-            yield pos, item
-
-
 def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool) -> Item:
     """The record itself, or a RecordError saying why this model cannot take it."""
     if isinstance(item, RecordError):
@@ -141,7 +134,9 @@ def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool) -> Item:
 
 def _process_window(window: list[tuple[int, Item]], process: Callable[[list[ConformerRecord]], Sequence],
                     batch_size: int) -> Iterator[tuple[int, Item, Any]]:
-    """Run ``process`` on the window's records in size-sorted batches; yield in window order.
+    """Run ``process`` on the window's records in size-sorted batches (at most ``batch_size``
+    records and a bounded number of atom pairs each, see :func:`pair_budget_batches`); yield in
+    window order.
 
     Yields ``(position, item, result)``: result is the item's row of ``process``'s output, or
     None for errors.
@@ -149,8 +144,8 @@ def _process_window(window: list[tuple[int, Item]], process: Callable[[list[Conf
     valid = [k for k, (_, item) in enumerate(window) if isinstance(item, ConformerRecord)]
     valid.sort(key=lambda k: window[k][1].n_atoms)  # stable: ties keep input order
     results: list[Any] = [None] * len(window)
-    for start in range(0, len(valid), batch_size):
-        ks = valid[start:start + batch_size]
+    for batch in pair_budget_batches([window[k][1].n_atoms for k in valid], batch_size):
+        ks = [valid[b] for b in batch]
         for k, res in zip(ks, process([window[k][1] for k in ks])):
             results[k] = res
     for (pos, item), res in zip(window, results):
@@ -188,6 +183,7 @@ def stream_results(
         if len(window) >= capacity:
             yield from _process_window(window, process, batch_size)
             window = []
+            release_free_memory()  # resident memory flat in the number of molecules
     yield from _process_window(window, process, batch_size)
 
 
@@ -200,54 +196,6 @@ def _discard(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _read_items(inputs: Sequence[str | Path], reader_options: dict | None) -> Iterator[Item]:
-    from molgiae.data.readers import iter_records
-
-    return iter_records(list(inputs), **(reader_options or {}))
-
-
-# =========================================================================== SMILES perception
-
-
-def perceive_smiles(record: ConformerRecord) -> str:
-    """Canonical SMILES (stereo from 3-D) of a neutral molecule perceived from its geometry
-    with RDKit's ``DetermineBonds(charge=0)``; "" when perception fails or the molecule has
-    more than ``PERCEIVE_MAX_ATOMS`` atoms."""
-    if record.n_atoms > PERCEIVE_MAX_ATOMS:
-        return ""
-    from rdkit import Chem, rdBase
-    from rdkit.Chem import rdDetermineBonds
-
-    block = rdBase.BlockLogs()
-    try:
-        mol = _rdkit_molecule(record.elements, record.coords)
-        rdDetermineBonds.DetermineBonds(mol, charge=0)
-        Chem.AssignStereochemistryFrom3D(mol)
-        return Chem.MolToSmiles(Chem.RemoveHs(mol))
-    except Exception:  # noqa: BLE001 - perception is best effort
-        return ""
-    finally:
-        del block
-
-
-def _rdkit_molecule(elements: np.ndarray, coords: np.ndarray):
-    """Bond-less RDKit RWMol with one conformer: elements [n], coords [n, 3] Å."""
-    from rdkit import Chem
-    from rdkit.Geometry import Point3D
-
-    mol = Chem.RWMol()
-    for z in elements:
-        atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)
-        mol.AddAtom(atom)
-    conf = Chem.Conformer(len(elements))
-    for i, (x, y, z) in enumerate(np.asarray(coords, dtype=float)):
-        conf.SetAtomPosition(i, Point3D(x, y, z))
-    conf.Set3D(True)
-    mol.AddConformer(conf, assignId=True)
-    return mol
 
 
 # =========================================================================== HDF5 writer
@@ -340,6 +288,7 @@ def embed_to_hdf5(
     *,
     smiles: bool = True,
     window_batches: int = DEFAULT_WINDOW_BATCHES,
+    read_ahead: bool = False,
 ) -> EmbedSummary:
     """Embed every conformer of ``inputs`` (files or glob patterns) into the HDF5 file ``out``.
 
@@ -354,13 +303,16 @@ def embed_to_hdf5(
         on_error: called with each RecordError of this shard, as it is read.
         smiles: perceive SMILES from the geometry when a record has none.
         window_batches: read-ahead window, in batches, for size bucketing.
+        read_ahead: read (and perceive SMILES) in a child process, overlapping the model
+            (:mod:`molgiae.data.read_ahead`; ``molgiae embed`` does).
 
     Raises NothingWrittenError (and leaves no file) when no conformer could be embedded.
     """
-    items = _read_items(inputs, reader_options)
-    return embed_items_to_hdf5(model, items, out, inputs=[str(p) for p in inputs], batch_size=batch_size,
-                               shard=shard, progress=progress, on_error=on_error, smiles=smiles,
-                               window_batches=window_batches)
+    positioned, sources = read_positioned(inputs, reader_options, shard=shard, perceive=smiles and read_ahead,
+                                          read_ahead=read_ahead)
+    return _embed_positioned(model, positioned, sources, out, inputs=[str(p) for p in inputs], batch_size=batch_size,
+                             shard=shard, progress=progress, on_error=on_error, smiles=smiles,
+                             window_batches=window_batches)
 
 
 def embed_items_to_hdf5(
@@ -378,11 +330,31 @@ def embed_items_to_hdf5(
 ) -> EmbedSummary:
     """:func:`embed_to_hdf5` on a stream of records/errors (e.g. ``iter_records(...)``);
     ``inputs`` is only recorded in the file's attributes."""
+    sources: set[str] = set()
+    return _embed_positioned(model, position(items, shard, sources=sources), sources, out, inputs=inputs,
+                             batch_size=batch_size, shard=shard, progress=progress, on_error=on_error,
+                             smiles=smiles, window_batches=window_batches)
+
+
+def _embed_positioned(
+    model: "MolgiaeModel",
+    positioned: Iterable[tuple[int, Item]],
+    sources: set[str],
+    out: Path,
+    *,
+    inputs: Sequence[str],
+    batch_size: int,
+    shard: tuple[int, int] | None,
+    progress: Progress | None,
+    on_error: OnError | None,
+    smiles: bool,
+    window_batches: int,
+) -> EmbedSummary:
+    """The embedding loop over this shard's ``(position, item)`` pairs; ``sources`` is read at the end."""
     out = Path(out)
     start = time.perf_counter()
     shard_label = f"{shard[0]}/{shard[1]}" if shard else ""
     summary = EmbedSummary(out=out, shard=shard_label)
-    sources: set[str] = set()
     tmp = _temp_path(out)
     attrs = {
         "format": FORMAT, "model_sha256": model.sha256, "model_name": model.path.name,
@@ -393,7 +365,7 @@ def embed_items_to_hdf5(
     try:
         writer = _EmbeddingWriter(tmp, model.embedding_dim, attrs)
         try:
-            results = stream_results(model, _positioned(items, shard, sources), model.embed_records,
+            results = stream_results(model, positioned, model.embed_records,
                                      batch_size=batch_size, window_batches=window_batches,
                                      progress=progress, on_error=on_error)
             for pos, item, z in results:
@@ -554,7 +526,7 @@ def _sdf_molecule(rec: "ReconstructedMolecule"):
     from rdkit import Chem, rdBase
     from rdkit.Chem import rdDetermineBonds
 
-    mol = _rdkit_molecule(rec.elements, rec.coords)
+    mol = rdkit_molecule(rec.elements, rec.coords)
     block = rdBase.BlockLogs()
     try:
         bonded = Chem.RWMol(mol)
@@ -584,6 +556,7 @@ def reconstruct_to_sdf(
     on_error: OnError | None = None,
     *,
     window_batches: int = DEFAULT_WINDOW_BATCHES,
+    read_ahead: bool = False,
 ) -> ReconstructSummary:
     """Reconstruct every conformer of ``inputs`` from its code and write an SDF (atomic).
 
@@ -592,22 +565,21 @@ def reconstruct_to_sdf(
     ``molgiae_rmsd`` (Å, against the input, no alignment), ``molgiae_element_accuracy``,
     ``molgiae_source``, ``molgiae_record``. Records the model cannot reconstruct (e.g. more
     than ``model.max_atoms`` atoms) are errors. Raises NothingWrittenError (no file) when none
-    could be reconstructed.
+    could be reconstructed. ``read_ahead``: read in a child process (see :func:`embed_to_hdf5`).
     """
     from rdkit import Chem
 
     out = Path(out)
     start = time.perf_counter()
     summary = ReconstructSummary(out=out)
-    sources: set[str] = set()
     rmsds, accs = array("d"), array("d")
     tmp = _temp_path(out)
-    items = _read_items(inputs, reader_options)
+    positioned, sources = read_positioned(inputs, reader_options, read_ahead=read_ahead)
     process = lambda recs: model.reconstruct_records(recs, canonical=canonical)  # noqa: E731
     try:
         writer = Chem.SDWriter(str(tmp))
         try:
-            for _, item, rec in stream_results(model, _positioned(items, None, sources), process,
+            for _, item, rec in stream_results(model, positioned, process,
                                                batch_size=batch_size, reconstruct=True,
                                                window_batches=window_batches, progress=progress,
                                                on_error=on_error):

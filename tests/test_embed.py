@@ -34,7 +34,9 @@ from molgiae.embedding import (
     merge_hdf5,
     parse_shard,
     reconstruct_to_sdf,
+    stream_results,
 )
+from molgiae.data.batching import PAIR_BUDGET_ATOMS, pair_budget_batches
 
 runner = CliRunner()
 
@@ -455,3 +457,58 @@ def test_tsne_without_scikit_learn_says_how_to_install(tiny_model, qm9_fixture_n
     res = run_cli("map", h5, "-o", tmp_path / "t.png", "--method", "tsne")
     assert res.exit_code == 1 and "pip install scikit-learn" in res.stderr
     assert not (tmp_path / "t.png").exists()
+
+
+# --------------------------------------------------------------------------- batching and reading
+
+
+def grid_record(n: int, index: int) -> ConformerRecord:
+    """A carbon cluster of n atoms on a 1.5 Å grid (valid geometry, any size)."""
+    side = int(np.ceil(n ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n] * 1.5
+    return ConformerRecord(elements=np.full(n, 6), coords=grid + 0.01 * index, name=f"c{n}_{index}",
+                           source="grid", index=index)
+
+
+def test_pair_budget_batches_partition_in_order_within_budget():
+    rng = np.random.default_rng(0)
+    sizes = np.sort(rng.integers(3, 120, size=300))
+    batches = pair_budget_batches(sizes, 64)
+    assert [k for b in batches for k in b] == list(range(len(sizes)))
+    budget = 64 * PAIR_BUDGET_ATOMS**2
+    for b in batches:
+        widest = int(sizes[b].max())
+        assert len(b) <= 64 and (len(b) == 1 or len(b) * widest**2 <= budget)
+    assert pair_budget_batches([20] * 130, 64) == [list(range(64)), list(range(64, 128)), [128, 129]]
+
+
+def test_large_molecules_get_smaller_batches_and_the_same_codes(tiny_model):
+    """Input order is kept, batches of big molecules stay under the pair budget, and the codes
+    do not depend on who shares a batch."""
+    records = [grid_record(n, k) for k, n in enumerate([12, 70, 9, 45, 70, 15] * 8)]
+    shapes = []
+
+    def process(batch):
+        shapes.append((len(batch), max(r.n_atoms for r in batch)))
+        return tiny_model.embed_records(batch)
+
+    out = list(stream_results(tiny_model, enumerate(records), process, batch_size=16))
+    assert [pos for pos, _, _ in out] == list(range(len(records)))
+    assert all(b * n * n <= 16 * PAIR_BUDGET_ATOMS**2 or b == 1 for b, n in shapes)
+    assert any(n == 70 and b < 16 for b, n in shapes)
+    alone = np.concatenate([tiny_model.embed_records([r]) for r in records])
+    assert max_diff(np.stack([z for _, _, z in out]), alone) <= 1e-5
+
+
+def test_reader_process_and_in_line_reading_write_the_same_file(tiny_checkpoint, bad_inputs, tmp_path):
+    common = ["--model", tiny_checkpoint, "--device", "cpu", "--quiet"]
+    inputs = list(bad_inputs.values())
+    assert run_cli("embed", *inputs, "-o", tmp_path / "ahead.h5", *common).exit_code == 0
+    assert run_cli("embed", *inputs, "-o", tmp_path / "inline.h5", "--no-read-ahead", *common).exit_code == 0
+    a, b = read_h5(tmp_path / "ahead.h5"), read_h5(tmp_path / "inline.h5")
+    assert np.array_equal(a["embedding"], b["embedding"])
+    for key in ROW_DATASETS[1:]:
+        assert np.array_equal(a[key], b[key]), key
+    for key in ERROR_DATASETS:
+        assert np.array_equal(a["errors"][key], b["errors"][key]), key
+    assert len(a["errors"]["reason"]) >= 10 and all(s for s in a["smiles"])

@@ -52,3 +52,31 @@ def sized_batches(n_atoms: np.ndarray, ids: np.ndarray, batch_size: int) -> list
     ids = np.asarray(ids)
     order = ids[np.argsort(n_atoms[ids], kind="stable")]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+#: Inference batches hold at most ``batch_size × PAIR_BUDGET_ATOMS²`` atom pairs: QM9-sized
+#: molecules fill whole batches, larger ones get fewer per batch, so the [B, N, N, F] pair tensors
+#: (and the process's memory) stay bounded whatever the molecules' size.
+PAIR_BUDGET_ATOMS = 32
+
+
+def pair_budget_batches(n_atoms: Sequence[int], batch_size: int, max_pairs: int | None = None) -> list[list[int]]:
+    """Cut positions 0..len-1, in the given order (sort by size first), into consecutive batches
+    of at most ``batch_size`` molecules and at most ``max_pairs`` padded atom pairs
+    (``len(batch) × max(n)²``; default ``batch_size × PAIR_BUDGET_ATOMS²``). A molecule above the
+    budget on its own gets a batch of one."""
+    if max_pairs is None:
+        max_pairs = batch_size * PAIR_BUDGET_ATOMS**2
+    batches: list[list[int]] = []
+    current: list[int] = []
+    widest = 0
+    for k, n in enumerate(n_atoms):
+        w = max(widest, int(n))
+        if current and (len(current) + 1 > batch_size or (len(current) + 1) * w * w > max_pairs):
+            batches.append(current)
+            current, w = [], int(n)
+        current.append(k)
+        widest = w
+    if current:
+        batches.append(current)
+    return batches

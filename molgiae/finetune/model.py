@@ -270,31 +270,28 @@ class PredictSummary:
 
 def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], out: str | Path, *,
                    batch_size: int = 64, reader_options: dict | None = None, progress=None, on_error=None,
-                   smiles: bool = True) -> PredictSummary:
+                   smiles: bool = True, read_ahead: bool = False) -> PredictSummary:
     """Predict the target for every conformer of ``inputs`` (any format of the readers) into a CSV.
 
     Columns: source, record, name, smiles, n_atoms, ``<target>_<unit>``; rows in input order.
     Bad records are skipped and passed to ``on_error`` (the same checks and streaming as
     ``molgiae embed``). The file is written to a temporary name and renamed; when nothing could
     be predicted, :class:`molgiae.embedding.NothingWrittenError` is raised and no file is left.
+    ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
     """
     import os
     import time
 
-    from molgiae.data.readers import iter_records
+    from molgiae.data.molecules import perceive_smiles
+    from molgiae.data.read_ahead import read_positioned
     from molgiae.data.record import RecordError
-    from molgiae.embedding import NothingWrittenError, perceive_smiles, stream_results
+    from molgiae.embedding import NothingWrittenError, stream_results
 
     out = Path(out)
     start = time.perf_counter()
     summary = PredictSummary(out=out)
-    sources: set[str] = set()
-
-    def positioned():
-        for pos, item in enumerate(iter_records([str(p) for p in inputs], **(reader_options or {}))):
-            sources.add(item.source)
-            yield pos, item
-
+    positioned, sources = read_positioned(inputs, reader_options, perceive=smiles and read_ahead,
+                                          read_ahead=read_ahead)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     column = prediction_column(predictor.target)
     try:
@@ -303,7 +300,7 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["source", "record", "name", "smiles", "n_atoms", column])
-            for _, item, value in stream_results(predictor, positioned(), predictor.predict_records,
+            for _, item, value in stream_results(predictor, positioned, predictor.predict_records,
                                                  batch_size=batch_size, progress=progress, on_error=on_error):
                 summary.n_records += 1
                 if isinstance(item, RecordError):
