@@ -1,6 +1,8 @@
 """molgiae: invariant embeddings of 3-D molecular conformers with a group-invariant autoencoder."""
 __version__ = "0.1.0"
 
+from molgiae.runtime import tune_allocator  # noqa: E402  (ctypes only: keeps `import molgiae` light)
+
 
 def load_model(path=None, device="cpu"):
     """Load a trained model (the bundled default when ``path`` is None). See :mod:`molgiae.api`."""
@@ -9,4 +11,4 @@ def load_model(path=None, device="cpu"):
     return _load(path, device=device)
 
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "tune_allocator"]

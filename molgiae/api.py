@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from molgiae.config import Config
-from molgiae.data.batching import batch_from_records
+from molgiae.data.batching import batch_from_records, pair_budget_batches
 from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_record
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
@@ -184,17 +184,26 @@ class MolgiaeModel:
         Bad records raise ``ValueError`` unless an ``errors`` list is given to collect them.
         """
         records = self._valid(inputs, False, errors, reader_options)
-        parts = [self.embed_records(records[i:i + batch_size]) for i in range(0, len(records), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
+        out = np.zeros((len(records), self.embedding_dim), np.float32)
+        for ids in _size_sorted_batches(records, batch_size):
+            out[ids] = self.embed_records([records[i] for i in ids])
+        return out
 
     def reconstruct(self, inputs, canonical: bool = False, batch_size: int = 64, errors: list | None = None,
                     **reader_options) -> list[ReconstructedMolecule]:
         """Decode every valid conformer from its invariant code, in the input's pose and order."""
         records = self._valid(inputs, True, errors, reader_options)
-        out = []
-        for i in range(0, len(records), batch_size):
-            out.extend(self.reconstruct_records(records[i:i + batch_size], canonical))
+        out: list = [None] * len(records)
+        for ids in _size_sorted_batches(records, batch_size):
+            for i, rec in zip(ids, self.reconstruct_records([records[i] for i in ids], canonical)):
+                out[i] = rec
         return out
+
+
+def _size_sorted_batches(records: Sequence[ConformerRecord], batch_size: int) -> list[list[int]]:
+    """Record indices in batches of similar size under the atom-pair budget (less padding, bounded memory)."""
+    order = sorted(range(len(records)), key=lambda i: records[i].n_atoms)
+    return [[order[k] for k in batch] for batch in pair_budget_batches([records[i].n_atoms for i in order], batch_size)]
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> MolgiaeModel:

@@ -512,3 +512,15 @@ def test_reader_process_and_in_line_reading_write_the_same_file(tiny_checkpoint,
     for key in ERROR_DATASETS:
         assert np.array_equal(a["errors"][key], b["errors"][key]), key
     assert len(a["errors"]["reason"]) >= 10 and all(s for s in a["smiles"])
+
+
+def test_api_keeps_input_order_across_sizes(tiny_model):
+    """load_model().embed / .reconstruct batch by size internally; results come back in input order."""
+    records = [grid_record(n, k) for k, n in enumerate([28, 5, 70, 12, 5, 20, 9])]
+    z = tiny_model.embed(records, batch_size=3)
+    alone = np.concatenate([tiny_model.embed_records([r]) for r in records])
+    assert z.shape == alone.shape and max_diff(z, alone) <= 1e-5
+    small = [r for r in records if r.n_atoms <= 29]
+    recon = tiny_model.reconstruct(small, batch_size=2)
+    assert [r.record.name for r in recon] == [r.name for r in small]
+    assert [len(r.coords) for r in recon] == [r.n_atoms for r in small]

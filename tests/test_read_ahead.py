@@ -87,3 +87,96 @@ def test_abandoned_iteration_stops_the_reader(qm9_fixture_npz):
         time.sleep(0.05)
     assert reader._process.poll() is not None
     assert not reader._pump.is_alive()
+
+
+def reader_children() -> list[int]:
+    """PIDs of this process's children that are molgiae reader processes (Linux /proc)."""
+    import os
+    from pathlib import Path
+
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    found = []
+    for pid in pids:
+        try:
+            if b"_child_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_interrupted_embed_with_reader_process_leaves_no_file_and_no_process(tiny_model, qm9_fixture_npz, tmp_path):
+    from molgiae.embedding import embed_to_hdf5
+
+    seen = []
+
+    def progress(k):
+        seen.append(k)
+        if len(seen) == 90:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "emb.h5"
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_hdf5(tiny_model, [str(qm9_fixture_npz)] * 3, out, batch_size=8, window_batches=2,
+                      progress=progress, read_ahead=True)
+    assert not out.exists() and not any(".tmp-" in p.name for p in tmp_path.iterdir())
+    assert reader_children() == []
+
+
+def test_ctrl_c_on_the_command_stops_both_processes(tiny_checkpoint, qm9_fixture_npz, tmp_path):
+    """SIGINT to the process group of a running `molgiae embed` (what Ctrl-C does): both
+    processes end, no output file, no temporary file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    recs = list(iter_records(qm9_fixture_npz))
+    blocks = [molblock(r.elements, r.coords, r.name) for r in recs]
+    sdf = write_sdf(tmp_path / "many.sdf", blocks * 40)
+    out = tmp_path / "emb.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "molgiae", "embed", str(sdf), "-o", str(out), "--model", str(tiny_checkpoint),
+         "--device", "cpu", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(".tmp-" in p.name for p in tmp_path.iterdir()):  # embedding has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    time.sleep(0.5)
+    assert not out.exists() and not any(".tmp-" in p.name for p in tmp_path.iterdir())
+    assert processes_in_group(proc.pid) == []
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """PIDs whose process group is ``pgid`` (Linux /proc; field 5 of /proc/PID/stat)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_allocator_settings_apply_on_glibc():
+    """The `molgiae` command's allocator tuning and the per-window heap trim (glibc Linux, where
+    CI and clusters run; elsewhere both are documented no-ops)."""
+    import platform
+
+    from molgiae.runtime import release_free_memory, tune_allocator
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc-only settings")
+    assert tune_allocator() is True and tune_allocator() is True
+    release_free_memory()
