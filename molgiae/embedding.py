@@ -144,7 +144,8 @@ def _process_window(window: list[tuple[int, Item]], process: Callable[[list[Conf
     valid = [k for k, (_, item) in enumerate(window) if isinstance(item, ConformerRecord)]
     valid.sort(key=lambda k: window[k][1].n_atoms)  # stable: ties keep input order
     results: list[Any] = [None] * len(window)
-    for batch in pair_budget_batches([window[k][1].n_atoms for k in valid], batch_size):
+    # largest batch first: later, smaller batches reuse its freed blocks instead of growing the heap
+    for batch in reversed(pair_budget_batches([window[k][1].n_atoms for k in valid], batch_size)):
         ks = [valid[b] for b in batch]
         for k, res in zip(ks, process([window[k][1] for k in ks])):
             results[k] = res
