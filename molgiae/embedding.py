@@ -1,9 +1,12 @@
 """Batch jobs on molecule files: embeddings to HDF5, reconstructions to SDF, shard merging, maps.
 
-Everything streams: records are read, checked and processed in a read-ahead window of
-``window_batches`` batches, so memory does not grow with the input size. Inside a window the
-valid records are sorted by atom count before batching (less padding), but rows are always
-written in input order. Output files are written to ``OUT.tmp-<pid>`` next to ``OUT`` and
+Everything streams: records are read (in line, or by a reader process with ``read_ahead``:
+:mod:`molgiae.data.read_ahead`), checked and processed in windows of ``window_batches``
+batches, so memory does not grow with the input size. Inside a window the valid records are
+sorted by atom count and cut into batches under an atom-pair budget
+(:func:`~molgiae.data.batching.pair_budget_batches`: less padding, bounded memory), but rows
+are always written in input order. Between windows the free C heap is returned to the system
+(:func:`molgiae.runtime.release_free_memory`). Output files are written to ``OUT.tmp-<pid>`` next to ``OUT`` and
 renamed at the end; an exception or Ctrl-C deletes the temporary file, so there is never a
 half-written ``OUT``.
 
