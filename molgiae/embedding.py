@@ -312,10 +312,11 @@ def embed_to_hdf5(
 
     Raises NothingWrittenError (and leaves no file) when no conformer could be embedded.
     """
+    # the reader process perceives SMILES itself (once: a failed perception is not retried here)
     positioned, sources = read_positioned(inputs, reader_options, shard=shard, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
     return _embed_positioned(model, positioned, sources, out, inputs=[str(p) for p in inputs], batch_size=batch_size,
-                             shard=shard, progress=progress, on_error=on_error, smiles=smiles,
+                             shard=shard, progress=progress, on_error=on_error, smiles=smiles and not read_ahead,
                              window_batches=window_batches)
 
 

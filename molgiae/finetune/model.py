@@ -306,7 +306,7 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
                 if isinstance(item, RecordError):
                     summary.n_failed += 1
                     continue
-                smi = item.smiles or (perceive_smiles(item) if smiles else "")
+                smi = item.smiles or (perceive_smiles(item) if smiles and not read_ahead else "")
                 w.writerow([item.source, item.index, item.name, smi, item.n_atoms, repr(float(value))])
                 summary.n_predicted += 1
         summary.n_files = len(sources)
