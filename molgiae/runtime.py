@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters of glibc's malloc.h
@@ -21,8 +22,10 @@ _M_MMAP_THRESHOLD = -3
 _tuned = False
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
-    """glibc through ctypes, or None (another C library or platform)."""
+    """glibc through ctypes, or None (another C library or platform). Looked up once:
+    ``find_library`` runs ``ldconfig``, and ``release_free_memory`` is called every window."""
     if not sys.platform.startswith("linux"):
         return None
     try:
