@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from molgiae.config import Config
-from molgiae.data.batching import batch_from_records, pair_budget_batches
+from molgiae.data.batching import batch_from_records, size_sorted_batches
 from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_record
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
@@ -185,7 +185,7 @@ class MolgiaeModel:
         """
         records = self._valid(inputs, False, errors, reader_options)
         out = np.zeros((len(records), self.embedding_dim), np.float32)
-        for ids in _size_sorted_batches(records, batch_size):
+        for ids in size_sorted_batches([r.n_atoms for r in records], batch_size):
             out[ids] = self.embed_records([records[i] for i in ids])
         return out
 
@@ -194,16 +194,10 @@ class MolgiaeModel:
         """Decode every valid conformer from its invariant code, in the input's pose and order."""
         records = self._valid(inputs, True, errors, reader_options)
         out: list = [None] * len(records)
-        for ids in _size_sorted_batches(records, batch_size):
+        for ids in size_sorted_batches([r.n_atoms for r in records], batch_size):
             for i, rec in zip(ids, self.reconstruct_records([records[i] for i in ids], canonical)):
                 out[i] = rec
         return out
-
-
-def _size_sorted_batches(records: Sequence[ConformerRecord], batch_size: int) -> list[list[int]]:
-    """Record indices in batches of similar size under the atom-pair budget (less padding, bounded memory)."""
-    order = sorted(range(len(records)), key=lambda i: records[i].n_atoms)
-    return [[order[k] for k in batch] for batch in pair_budget_batches([records[i].n_atoms for i in order], batch_size)]
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> MolgiaeModel:

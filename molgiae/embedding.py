@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from molgiae import __version__
-from molgiae.data.batching import pair_budget_batches
+from molgiae.data.batching import size_sorted_batches
 from molgiae.data.molecules import perceive_smiles, rdkit_molecule
 from molgiae.data.read_ahead import position, read_positioned
 from molgiae.data.record import ConformerRecord, RecordError
@@ -138,17 +138,16 @@ def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool) -> Item:
 def _process_window(window: list[tuple[int, Item]], process: Callable[[list[ConformerRecord]], Sequence],
                     batch_size: int) -> Iterator[tuple[int, Item, Any]]:
     """Run ``process`` on the window's records in size-sorted batches (at most ``batch_size``
-    records and a bounded number of atom pairs each, see :func:`pair_budget_batches`); yield in
-    window order.
+    records and a bounded number of atom pairs each: :func:`~molgiae.data.batching.size_sorted_batches`);
+    yield in window order.
 
     Yields ``(position, item, result)``: result is the item's row of ``process``'s output, or
     None for errors.
     """
     valid = [k for k, (_, item) in enumerate(window) if isinstance(item, ConformerRecord)]
-    valid.sort(key=lambda k: window[k][1].n_atoms)  # stable: ties keep input order
     results: list[Any] = [None] * len(window)
     # largest batch first: later, smaller batches reuse its freed blocks instead of growing the heap
-    for batch in reversed(pair_budget_batches([window[k][1].n_atoms for k in valid], batch_size)):
+    for batch in reversed(size_sorted_batches([window[k][1].n_atoms for k in valid], batch_size)):
         ks = [valid[b] for b in batch]
         for k, res in zip(ks, process([window[k][1] for k in ks])):
             results[k] = res

@@ -80,3 +80,10 @@ def pair_budget_batches(n_atoms: Sequence[int], batch_size: int, max_pairs: int 
     if current:
         batches.append(current)
     return batches
+
+
+def size_sorted_batches(n_atoms: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices 0..len-1 sorted by atom count (stable: ties keep input order), cut by
+    :func:`pair_budget_batches`. Inference batching: similar sizes (less padding), bounded memory."""
+    order = sorted(range(len(n_atoms)), key=lambda i: n_atoms[i])
+    return [[order[k] for k in batch] for batch in pair_budget_batches([n_atoms[i] for i in order], batch_size)]
