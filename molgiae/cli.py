@@ -65,6 +65,13 @@ def train(
     decoder_layers: Optional[int] = typer.Option(None, help="Decoder blocks (default: 3)."),
     decoder: Optional[str] = typer.Option(None, help="equivariant | transformer (default: equivariant)."),
     max_atoms: Optional[int] = typer.Option(None, help="Largest molecule the decoder reconstructs (default: 29)."),
+    update_product: Optional[str] = typer.Option(None, help="bounded | plain: the update block's ⟨Uv, Vv⟩ (default: bounded)."),
+    code_pooling: Optional[str] = typer.Option(None, help="mean_sum | mean: how atoms pool into z (default: mean_sum)."),
+    coord_noise: Optional[float] = typer.Option(None, help="Denoising: std (Å) of Gaussian noise on the input "
+                                                "coordinates; the target stays clean (default: 0)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights "
+                                             "(same parameter shapes; fresh optimizer and schedule)."),
     max_molecules: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many molecules."),
     val_fraction: Optional[float] = typer.Option(None, help="Validation fraction of molecules (default: 0.05)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test fraction of molecules (default: 0.05)."),
@@ -100,11 +107,14 @@ def train(
 
         cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
     model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
-                      decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms)
+                      decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms,
+                      update_product=update_product, code_pooling=code_pooling)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_molecules=max_molecules,
                       val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                       time_limit_minutes=time_limit, checkpoint_every=checkpoint_every,
-                      conformer_sampling=conformer_sampling, num_workers=num_workers)
+                      conformer_sampling=conformer_sampling, num_workers=num_workers,
+                      coord_noise=coord_noise, weight_decay=weight_decay,
+                      init_from=str(init_from) if init_from else None)
     for k, v in model_opts.items():
         if v is not None:
             setattr(cfg.model, k, v)

@@ -34,11 +34,28 @@ class ModelConfig:
     score_learned_scale: float = 0.1  # ε in σ = band(Z) + ρ + ε·MLP(s)
     band_gap: float = 1000.0  # score offset between element bands (Å-scale ρ stays inside a band)
     transformer_heads: int = 4
+    # "bounded": the update's scalar product ⟨Uv, Vv⟩ / (1 + |Uv||Vv|) (|·| ≤ 1, smooth z);
+    # "plain": PaiNN's unbounded ⟨Uv, Vv⟩ (models of molgiae ≤ 0.1: steep, see docs/method.md)
+    update_product: str = "bounded"
+    # "mean_sum": z = [mean over atoms (D/2), sum over atoms / 10 (D/2)] (intensive and extensive
+    # parts: a linear model reads size and composition); "mean": z = mean over atoms (≤ 0.1)
+    code_pooling: str = "mean_sum"
 
     def __post_init__(self) -> None:
         self.elements = tuple(int(e) for e in self.elements)
         if self.decoder not in ("equivariant", "transformer"):
             raise ValueError(f"decoder must be 'equivariant' or 'transformer', not {self.decoder!r}")
+        if self.update_product not in ("bounded", "plain"):
+            raise ValueError(f"update_product must be 'bounded' or 'plain', not {self.update_product!r}")
+        if self.code_pooling not in ("mean_sum", "mean"):
+            raise ValueError(f"code_pooling must be 'mean_sum' or 'mean', not {self.code_pooling!r}")
+        if self.code_pooling == "mean_sum" and self.embedding_dim % 2:
+            raise ValueError(f"code_pooling 'mean_sum' needs an even embedding_dim, not {self.embedding_dim}")
+
+
+#: Model settings that checkpoints written before a field existed were trained with: a saved
+#: config without the field gets this value, not today's default.
+LEGACY_MODEL_DEFAULTS = {"update_product": "plain", "code_pooling": "mean"}
 
 
 @dataclass
@@ -69,6 +86,8 @@ class TrainConfig:
     # per epoch: "all" conformers, or one conformer per molecule drawn "uniform"ly or by "boltzmann" weight
     conformer_sampling: str = "all"
     num_workers: int = 0  # DataLoader worker processes building batches (0: in the training process)
+    # warm start: a checkpoint whose weights (same parameter names and shapes) start a fresh run
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.conformer_sampling not in ("all", "uniform", "boltzmann"):
@@ -96,7 +115,8 @@ class Config:
                 raise ValueError(f"unknown {klass.__name__} keys: {sorted(unknown)}")
             return klass(**values)
 
-        return cls(model=build(ModelConfig, d.get("model", {})), train=build(TrainConfig, d.get("train", {})))
+        model = {**LEGACY_MODEL_DEFAULTS, **d.get("model", {})}
+        return cls(model=build(ModelConfig, model), train=build(TrainConfig, d.get("train", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

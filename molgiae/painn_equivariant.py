@@ -141,12 +141,27 @@ class PainnMessage(nn.Module):
         return ds, dv
 
 
-class PainnUpdate(nn.Module):
-    """PaiNN update block: ``Δs = a_ss + a_sv ⟨Uv, Vv⟩``, ``Δv = a_vv ⊙ Uv``."""
+def bounded_inner(u: Tensor, v: Tensor, dim: int = 2) -> Tensor:
+    """``⟨u, v⟩ / (1 + |u| |v|)`` along ``dim``: in (−1, 1), smooth, rotation-invariant.
 
-    def __init__(self, features: int):
+    PaiNN's plain ``⟨u, v⟩`` grows quadratically with the vector features; in a trained model it
+    reached a std of 40–160 with derivatives of ~1e4 before the norm layer divided it back,
+    which made z steep in the coordinates. u, v [..., 3, ...] → [...] (``dim`` removed).
+    """
+    inner = (u * v).sum(dim)
+    return inner / (1.0 + safe_norm(u, dim=dim) * safe_norm(v, dim=dim))
+
+
+class PainnUpdate(nn.Module):
+    """PaiNN update block: ``Δs = a_ss + a_sv ⟨Uv, Vv⟩``, ``Δv = a_vv ⊙ Uv``.
+
+    ``bounded=True`` replaces ``⟨Uv, Vv⟩`` by :func:`bounded_inner`.
+    """
+
+    def __init__(self, features: int, bounded: bool = False):
         super().__init__()
         self.features = features
+        self.bounded = bounded
         self.U = nn.Linear(features, features, bias=False)
         self.V = nn.Linear(features, features, bias=False)
         self.gates = mlp(2 * features, features, 3 * features)
@@ -155,7 +170,7 @@ class PainnUpdate(nn.Module):
         """s [B,N,F], v [B,N,3,F] → (Δs, Δv) of the same shapes."""
         uv, vv = self.U(v), self.V(v)
         a_vv, a_sv, a_ss = torch.split(self.gates(torch.cat([s, safe_norm(vv, dim=2)], -1)), self.features, -1)
-        ds = a_ss + a_sv * (uv * vv).sum(2)
+        ds = a_ss + a_sv * (bounded_inner(uv, vv) if self.bounded else (uv * vv).sum(2))
         dv = a_vv.unsqueeze(2) * uv
         return ds, dv
 
@@ -175,10 +190,10 @@ class EquivariantNorm(nn.Module):
 class PainnBlock(nn.Module):
     """Message, update (both residual), then norm; padded atoms kept at zero."""
 
-    def __init__(self, features: int, num_rbf: int, cross_product: bool):
+    def __init__(self, features: int, num_rbf: int, cross_product: bool, bounded_update: bool = False):
         super().__init__()
         self.message = PainnMessage(features, num_rbf, cross_product)
-        self.update = PainnUpdate(features)
+        self.update = PainnUpdate(features, bounded_update)
         self.norm = EquivariantNorm(features)
 
     def forward(self, s, v, pairs: PairGeometry, mask, v_is_zero: bool = False):
@@ -191,6 +206,25 @@ class PainnBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------- encoder
+#: The extensive half of a "mean_sum" code is the sum over atoms divided by this (QM9 molecules
+#: have 9–29 atoms: the two halves are then of similar scale).
+SUM_POOL_SCALE = 10.0
+
+
+def pool_code(per_atom: Tensor, m: Tensor, pooling: str) -> Tensor:
+    """Per-atom code features [B, N, D] and atom weights m [B, N] (1 real, 0 padding) → z [B, D].
+
+    "mean": the mean over atoms (intensive). "mean_sum": the first D/2 channels averaged, the last
+    D/2 summed / :data:`SUM_POOL_SCALE` (extensive: grows with the molecule, as counts and
+    energies do). Both are invariant to rotation, translation and atom order.
+    """
+    total = (per_atom * m.unsqueeze(-1)).sum(1)
+    count = m.sum(1, keepdim=True).clamp_min(1.0)
+    if pooling == "mean":
+        return total / count
+    half = per_atom.shape[-1] // 2
+    return torch.cat([total[:, :half] / count, total[:, half:] / SUM_POOL_SCALE], -1)
+
 @dataclass
 class EncoderOutput:
     """z [B, D] invariant code; frame_vectors [B, 2, 3] (v1, v2, equivariant);
@@ -215,8 +249,9 @@ class PainnEncoder(nn.Module):
         F = config.features
         self.config = config
         self.embedding = nn.Embedding(len(config.elements), F)
+        bounded = config.update_product == "bounded"
         self.blocks = nn.ModuleList(
-            PainnBlock(F, config.num_rbf, config.cross_product) for _ in range(config.encoder_layers)
+            PainnBlock(F, config.num_rbf, config.cross_product, bounded) for _ in range(config.encoder_layers)
         )
         self.code_head = mlp(F, F, config.embedding_dim)
         self.frame_vector_mix = nn.Linear(F, 2, bias=False)
@@ -239,7 +274,7 @@ class PainnEncoder(nn.Module):
         m = mask.to(centred.dtype)
         s, v = self.atom_features(species, centred, mask)
         count = m.sum(1, keepdim=True).clamp_min(1.0)
-        z = (self.code_head(s) * m.unsqueeze(-1)).sum(1) / count
+        z = pool_code(self.code_head(s), m, c.code_pooling)
         # Two equivariant vectors: mixed vector channels plus invariant-weighted positions.
         per_atom = self.frame_vector_mix(v) + centred.unsqueeze(-1) * self.frame_position_weight(s).unsqueeze(2)
         frame_vectors = ((per_atom * m[:, :, None, None]).sum(1) / count.unsqueeze(-1)).transpose(1, 2)

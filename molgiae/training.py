@@ -393,6 +393,15 @@ def train(
         meta["world_size"] = dist_info.world_size
 
     last = out / "last.pt"
+    if tc.init_from and not (resume and last.exists()):
+        init = load_checkpoint(tc.init_from, map_location=device)
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"--init-from {tc.init_from}: its weights do not fit this model config: {exc}") from exc
+        meta["init_from"] = {"file": Path(tc.init_from).name, **{k: init.get("metadata", {}).get(k)
+                             for k in ("epochs_done", "steps", "wall_seconds")}}
+        log(f"weights initialised from {tc.init_from}")
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         if Config.from_dict(ckpt["config"]).model != config.model:

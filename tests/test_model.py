@@ -75,11 +75,25 @@ def test_rotation_translation_permutation_are_equivariant(model):
         assert torch.equal(P1, P0 @ Pi.T)
 
 
+def untied(model, indices, count, min_gap=1e-3):
+    """The first ``count`` molecules whose atom scores are at least ``min_gap`` apart: a hard
+    argsort is only equivariant away from ties, and a near-symmetric molecule (two atoms at equal
+    distance from the centroid in near-equal environments) can tie in float32."""
+    chosen = []
+    for i in indices:
+        with torch.no_grad():
+            scores = model.encode(dense(model, [molecule(DATA, i)])).scores[0].sort().values
+        if (scores[1:] - scores[:-1]).min() >= min_gap:
+            chosen.append(i)
+    assert len(chosen) >= count, f"only {len(chosen)} untied molecules"
+    return chosen[:count]
+
+
 @pytest.mark.parametrize("decoder", ["equivariant", "transformer"])
 def test_full_reconstruction_is_equivariant(decoder):
     model = make_model(decoder)
     torch.manual_seed(13)
-    for i in ASYMMETRIC[:4]:
+    for i in untied(model, ASYMMETRIC, 4):
         z, x = molecule(DATA, i)
         R, t, perm = random_action(len(z))
         with torch.no_grad():

@@ -1,0 +1,91 @@
+"""The representation's design choices: the bounded update product, the mean + sum code, the
+legacy settings of older checkpoints, and warm starts (``--init-from``)."""
+import numpy as np
+import torch
+
+from molgiae.config import Config, ModelConfig, TrainConfig
+from molgiae.data.split import split_ids
+from molgiae.model import GroupInvariantAutoencoder
+from molgiae.painn_equivariant import SUM_POOL_SCALE, bounded_inner
+from molgiae.training import load_checkpoint, train
+from tests.equivariance import dense, fixture_set, molecule, random_action
+
+DATA = fixture_set()
+
+
+def test_bounded_inner_is_bounded_smooth_and_rotation_invariant():
+    torch.manual_seed(0)
+    u = 100 * torch.randn(4, 7, 3, 5, dtype=torch.float64)
+    v = 100 * torch.randn(4, 7, 3, 5, dtype=torch.float64)
+    b = bounded_inner(u, v)
+    assert b.shape == (4, 7, 5) and b.abs().max() < 1
+    R, _, _ = random_action(1, torch.float64)
+    rotated = bounded_inner(torch.einsum("ij,bnjf->bnif", R, u), torch.einsum("ij,bnjf->bnif", R, v))
+    assert torch.allclose(b, rotated, atol=1e-12)
+    # the plain product of these vectors is ~1e4; the bounded one's gradient stays O(1/|v|)
+    u.requires_grad_(True)
+    bounded_inner(u, v).sum().backward()
+    assert u.grad.abs().max() < 1.0 and (u * v).sum(2).abs().max() > 1e3
+
+
+def make(pooling, update="bounded", seed=0):
+    torch.manual_seed(seed)
+    model = GroupInvariantAutoencoder(ModelConfig(decoder="transformer", code_pooling=pooling, update_product=update))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_mean_sum_code_has_an_intensive_and_an_extensive_half():
+    """Two copies of a molecule 100 Å apart (beyond the cutoff): the mean half of z is unchanged,
+    the sum half doubles; with mean pooling z does not change at all."""
+    z, x = molecule(DATA, 60)
+    pair = (torch.cat([z, z]), torch.cat([x, x + torch.tensor([100.0, 0, 0])]))
+    for pooling in ("mean_sum", "mean"):
+        model = make(pooling)
+        with torch.no_grad():
+            one = model.encode(dense(model, [(z, x)])).z[0]
+            two = model.encode(dense(model, [pair])).z[0]
+        half = one.shape[0] // 2
+        assert torch.allclose(two[:half], one[:half], atol=1e-5)
+        if pooling == "mean_sum":
+            assert torch.allclose(two[half:], 2 * one[half:], atol=1e-5)
+            assert one[half:].abs().max() > 1e-2
+        else:
+            assert torch.allclose(two, one, atol=1e-5)
+    assert SUM_POOL_SCALE > 0
+
+
+def test_checkpoints_without_the_new_fields_load_with_the_settings_they_were_trained_with():
+    d = Config().to_dict()
+    del d["model"]["update_product"], d["model"]["code_pooling"]
+    legacy = Config.from_dict(d)
+    assert legacy.model.update_product == "plain" and legacy.model.code_pooling == "mean"
+    assert Config.from_dict(Config().to_dict()).model.update_product == "bounded"
+    assert ModelConfig().code_pooling == "mean_sum"
+
+
+def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(tmp_path):
+    splits = split_ids(DATA.keys, 0.1, 0.1, 0)
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1, decoder="transformer"),
+                 TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_steps=1))
+    train(cfg, DATA, splits, tmp_path / "a", quiet=True, log=lambda m: None)
+    source = load_checkpoint(tmp_path / "a" / "last.pt")
+    cfg.train.init_from = str(tmp_path / "a" / "last.pt")
+    cfg.train.lr = 0.0  # no change: the new run's weights are the source's
+    cfg.train.seed = 7
+    state = train(cfg, DATA, splits, tmp_path / "b", quiet=True, log=lambda m: None)
+    warm = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert state.step == warm["run_state"]["step"] > 0
+    for k, v in source["model"].items():
+        assert torch.equal(warm["model"][k], v), k
+    assert warm["metadata"]["init_from"]["file"] == "last.pt"
+    # a checkpoint of another shape is refused with a clear message
+    cfg.model.features = 32
+    try:
+        train(cfg, DATA, splits, tmp_path / "c", quiet=True, log=lambda m: None)
+    except ValueError as exc:
+        assert "do not fit" in str(exc)
+    else:
+        raise AssertionError("a mismatched --init-from was accepted")
