@@ -105,8 +105,10 @@ class GroupInvariantAutoencoder(nn.Module):
         t = group.masked_centroid(mols.pos, mols.mask)
         centred = (mols.pos - t.unsqueeze(1)) * mols.mask.unsqueeze(-1)
         out = self.encoder(mols.species, centred, mols.mask)
-        R = group.gram_schmidt(out.frame_vectors[:, 0], out.frame_vectors[:, 1])
-        return Encoding(z=out.z, rotation=R, translation=t, scores=out.scores)
+        with torch.autocast(mols.pos.device.type, enabled=False):  # the group action in full precision
+            frame = out.frame_vectors.to(mols.pos.dtype)
+            R = group.gram_schmidt(frame[:, 0], frame[:, 1])
+        return Encoding(z=out.z, rotation=R, translation=t, scores=out.scores.to(mols.pos.dtype))
 
     def decode(self, z: Tensor, mask: Tensor) -> DecoderOutput:
         """z [B, D], mask [B, N] of the slots to fill (first n per row) → canonical conformer."""
@@ -135,8 +137,10 @@ class GroupInvariantAutoencoder(nn.Module):
             P = soft = group.soft_permutation(enc.scores, mols.mask, tau)
         else:
             raise ValueError(f"unknown permutation mode {permutation!r}")
-        coords = group.apply_action(canonical.coords, P, enc.rotation, enc.translation)
-        logits = torch.einsum("bki,bkv->biv", P, canonical.logits)
+        with torch.autocast(mols.pos.device.type, enabled=False):  # bf16 autocast: act in full precision
+            dtype = mols.pos.dtype
+            coords = group.apply_action(canonical.coords.to(dtype), P.to(dtype), enc.rotation, enc.translation)
+            logits = torch.einsum("bki,bkv->biv", P.to(dtype), canonical.logits.to(dtype))
         return Reconstruction(enc, canonical, coords, logits, P, soft)
 
     @torch.no_grad()

@@ -137,7 +137,7 @@ class PainnMessage(nn.Module):
             pos_f = pos.expand_as(v)
             v_cross_x = torch.linalg.cross(v, pos_f, dim=2)
             sums = sum_over_senders(gates[3] * w_over_d, torch.cat([v_cross_x, v], dim=2))
-            dv = dv + sums[:, :, :3] - torch.linalg.cross(sums[:, :, 3:], pos_f, dim=2)
+            dv = dv + sums[:, :, :3] - torch.linalg.cross(sums[:, :, 3:], pos_f.to(sums.dtype), dim=2)
         return ds, dv
 
 
