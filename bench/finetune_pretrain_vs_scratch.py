@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--freeze-encoder", action="store_true", help="train only the head (both inits)")
+    ap.add_argument("--encoder-lr-ratio", type=float, default=1.0,
+                    help="pretrained encoder's learning rate / the head's (scratch: 1)")
     ap.add_argument("--max-test", type=int, default=2000, help="test on a fixed subset of N molecules (0 = all)")
     ap.add_argument("--max-val", type=int, default=1000, help="validate on a fixed subset of N molecules (0 = all)")
     ap.add_argument("--threads", type=int, default=1)
@@ -97,7 +99,8 @@ def main() -> None:
         for fraction in fractions:
             t1 = time.time()
             part = compare(data, target, args.out / f"{target}-f{fraction:g}", args.pretrained, seeds=args.seeds,
-                           freeze_encoder=args.freeze_encoder, fraction=fraction, epochs=args.epochs, device=args.device,
+                           freeze_encoder=args.freeze_encoder, encoder_lr_ratio=args.encoder_lr_ratio,
+                           fraction=fraction, epochs=args.epochs, device=args.device,
                            batch_size=args.batch_size, lr=args.lr, patience=args.patience, max_val=args.max_val,
                            max_test=args.max_test, quiet=True)
             rows += part
@@ -128,7 +131,8 @@ def main() -> None:
         f"- test set: {n_test} molecules{' (fixed subset, --max-test)' if args.max_test else ''}; validation "
         f"(early stopping): {n_val} molecules",
         f"- seeds {args.seeds}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr} (warm-up + cosine), "
-        f"L1 on standardised targets, patience {args.patience}; frozen encoder: {args.freeze_encoder}",
+        f"L1 on standardised targets, patience {args.patience}; frozen encoder: {args.freeze_encoder}; "
+        f"pretrained encoder lr ratio {args.encoder_lr_ratio}",
         f"- hardware: {hw}; total wall time {wall / 60:.1f} min",
         "",
         "Test MAE, mean ± sample std over seeds:",

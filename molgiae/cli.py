@@ -452,6 +452,8 @@ def finetune_cmd(
                                                           "else the default ModelConfig (5 % val, 5 % test, "
                                                           "split seed 0)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the atom-wise head."),
+    encoder_lr_ratio: float = typer.Option(1.0, "--encoder-lr-ratio", help="The pretrained encoder's learning "
+                                           "rate as a fraction of --lr (the head's); scratch runs use 1."),
     epochs: int = typer.Option(30, "--epochs", help="Epochs (warm-up + cosine schedule over them)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the head initialisation, training subset and batch order."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
@@ -521,7 +523,8 @@ def finetune_cmd(
         fail(str(exc))
     meta = {"data": [Path(p).name for p in data]}
     options = dict(fraction=fraction, epochs=epochs, device=device, batch_size=batch_size, lr=lr, patience=patience,
-                   freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, quiet=quiet, metadata=meta)
+                   freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, quiet=quiet, metadata=meta,
+                   encoder_lr_ratio=encoder_lr_ratio if not scratch else 1.0)
     try:
         if compare_runs:
             from molgiae.finetune.compare import compare, markdown_table, summarise

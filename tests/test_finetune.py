@@ -337,3 +337,21 @@ def test_cli_predict_nothing_valid_and_wrong_model(frozen_run, ae_checkpoint, tm
     assert res.exit_code == 1 and "nothing was predicted" in res.stderr and not out.exists()
     res = cli("predict", "--model", ae_checkpoint, bad, "-o", out)
     assert res.exit_code == 1 and "not a fine-tuned molgiae property model" in res.stderr
+
+
+def test_encoder_learning_rate_ratio_slows_only_the_encoder(qm9, ae_checkpoint, u0_run, tmp_path):
+    """--encoder-lr-ratio: the encoder moves (much) less than at the full rate, the head as much."""
+    slow = finetune(qm9, "U0", tmp_path, pretrained=ae_checkpoint, epochs=8, batch_size=8, lr=5e-3, patience=0,
+                    seed=0, device="cpu", quiet=True, encoder_lr_ratio=0.01)
+    start = encoder_state(torch.load(ae_checkpoint, weights_only=True))
+
+    def encoder_move(run):
+        state = run.model.encoder.state_dict()
+        return max(float((state[k] - v).abs().max()) for k, v in start.items() if k.startswith("blocks."))
+
+    assert encoder_move(slow) < 0.1 * encoder_move(u0_run)
+    assert slow.result["encoder_lr_ratio"] == 0.01 and u0_run.result["encoder_lr_ratio"] == 1.0
+    head0 = PropertyModel.from_autoencoder(torch.load(ae_checkpoint, weights_only=True), "U0", seed=0).head.state_dict()
+    assert any(not torch.equal(slow.model.head.state_dict()[k], v) for k, v in head0.items())
+    with pytest.raises(ValueError, match="encoder_lr_ratio"):
+        finetune(qm9, "U0", tmp_path / "bad", pretrained=ae_checkpoint, epochs=1, quiet=True, encoder_lr_ratio=0.0)

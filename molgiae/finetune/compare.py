@@ -93,6 +93,7 @@ def compare(
     *,
     seeds: Sequence[int] = (0,),
     freeze_encoder: bool = False,
+    encoder_lr_ratio: float = 1.0,
     fraction: float = 1.0,
     epochs: int = 30,
     device: str = "auto",
@@ -108,7 +109,9 @@ def compare(
     """Run pretrained and scratch fine-tuning for each seed; write compare.csv/.md/.png to ``out_dir``.
 
     The scratch runs take their architecture (and split) from ``pretrained``. ``freeze_encoder``
-    applies to both (a frozen random encoder is the usual "random features" baseline).
+    applies to both (a frozen random encoder is the usual "random features" baseline);
+    ``encoder_lr_ratio`` (the encoder's learning rate over the head's) to the pretrained runs only:
+    a scratch encoder learns at the full rate.
     Returns one row per run (columns ``COMPARE_COLUMNS``).
     """
     spec = get_target(target)
@@ -118,7 +121,8 @@ def compare(
     for seed in seeds:
         for init in ("pretrained", "scratch"):
             res = finetune(data, target, out / f"{init}-seed{seed}", pretrained=pretrained, scratch=init == "scratch",
-                           freeze_encoder=freeze_encoder, fraction=fraction, epochs=epochs, seed=seed, device=device,
+                           freeze_encoder=freeze_encoder, fraction=fraction,
+                           encoder_lr_ratio=encoder_lr_ratio if init == "pretrained" else 1.0, epochs=epochs, seed=seed, device=device,
                            batch_size=batch_size, lr=lr, patience=patience, max_val=max_val, max_test=max_test,
                            quiet=quiet, metadata=metadata, log=log)
             r = res.result

@@ -70,6 +70,8 @@ class FinetuneConfig:
     patience: int = 10  # epochs without validation improvement before stopping; 0 = never
     grad_clip: float = 10.0
     freeze_encoder: bool = False
+    # the encoder's learning rate as a fraction of the head's (pretrained encoders keep what they learnt)
+    encoder_lr_ratio: float = 1.0
     max_val: int = 0  # 0 = the whole validation split
     max_test: int = 0  # 0 = the whole test split
     device: str = "auto"
@@ -84,6 +86,8 @@ class FinetuneConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 < self.encoder_lr_ratio <= 1.0:
+            raise ValueError(f"encoder_lr_ratio must be in (0, 1], got {self.encoder_lr_ratio}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.loss not in ("l1", "mse"):
@@ -229,6 +233,7 @@ def finetune(
     pretrained: str | Path | None = None,
     scratch: bool = False,
     freeze_encoder: bool = False,
+    encoder_lr_ratio: float = 1.0,
     fraction: float = 1.0,
     epochs: int = 30,
     seed: int = 0,
@@ -257,7 +262,8 @@ def finetune(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = FinetuneConfig(target=target, fraction=fraction, epochs=epochs, seed=seed, batch_size=batch_size,
                          lr=lr, weight_decay=weight_decay, loss=loss, patience=patience,
-                         freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, device=device)
+                         freeze_encoder=freeze_encoder, encoder_lr_ratio=encoder_lr_ratio, max_val=max_val,
+                         max_test=max_test, device=device)
     cfg.validate()
     spec = get_target(target)
     labels = target_values(data, target)
@@ -302,7 +308,10 @@ def finetune(
         # the autoencoder's code, frame and score heads are part of the encoder but unused here
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                       find_unused_parameters=True)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    encoder_params = {id(p) for p in model.encoder.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in encoder_params], "lr": lr},
+              {"params": [p for p in params if id(p) in encoder_params], "lr": lr * cfg.encoder_lr_ratio}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
     total_steps = steps_per_epoch * epochs
     warmup = max(1, int(round(cfg.warmup_fraction * total_steps)))
@@ -412,6 +421,7 @@ def finetune(
         "fraction": fraction,
         "init": init,
         "frozen": bool(freeze_encoder),
+        "encoder_lr_ratio": float(cfg.encoder_lr_ratio),
         "seed": seed,
         "epochs": epochs,
         "epochs_run": len(history),
