@@ -317,10 +317,14 @@ def train(
     quiet: bool = False,
     metadata: dict | None = None,
     log: Callable[[str], None] | None = None,
+    init_weights: dict | None = None,
 ) -> RunState:
     """Train (or resume) the autoencoder on ``data[splits["train"]]``; validate on ``splits["val"]``.
 
-    Returns the final run state. All artefacts are written to ``out_dir``.
+    ``init_weights`` (a model state dict, e.g. another checkpoint's ``"model"``) starts a new run
+    from those weights, with a fresh optimizer, schedule and run state; a ``resume`` from
+    ``out_dir/last.pt`` wins over it. Returns the final run state. All artefacts are written to
+    ``out_dir``.
     """
     tc = config.train
     dist_info = setup_distributed(tc.device)
@@ -404,8 +408,10 @@ def train(
         state = RunState(**{k: s[k] for k in RunState.__dataclass_fields__})
         _set_rng_state(ckpt["rng"], np_rng)
         log(f"resumed from {last}: epoch {state.epoch}, step {state.step}")
-    elif resume:
+    elif resume and init_weights is None:
         log(f"--resume: no {last} yet, starting fresh")
+    if init_weights is not None and not (resume and last.exists()):
+        model.load_state_dict(init_weights)
 
     if rank0:
         atomic_write_text(out / "config.json", config.to_json())
