@@ -4,19 +4,23 @@
 
 Called by ``tools/gpu_run.sh`` on the device machine (README, "GPU run"); ``--device cpu`` with
 tiny data is the dry run the test suite makes (``tests/test_gpu_run.py``). Stages, each with a
-wall-clock budget counted from the start of this script (``--minutes`` in all):
+wall-clock budget counted from the start of this script (``--minutes`` in all; the sweep measures
+at least its first batch size whatever the time):
 
 1. check (about 30 s): one fixed batch, forward + loss + backward in fp32 on the CPU and on the
    device (TF32 off): |loss difference| and the largest gradient difference relative to the
    largest gradient must be <= ``--tolerance``; then the same under bf16 autocast must give a
-   finite loss and finite gradients; the validation rmsd of the starting weights. → ``check.json``
+   finite loss and finite gradients; the validation rmsd of the starting weights. → ``check.json``.
+   If bf16 fails, the sweep and the training run in fp32 (the run goes on: finding that out is
+   what the check is for).
 2. sweep: training steps (as ``molgiae.training.train`` takes them) at each batch size, a few
    after warm-up; conformers/s with and without building the batch, peak device memory. The
    chosen batch size is the smallest whose conformers/s is within ``--within`` of the best
    (larger batches take fewer steps per epoch for the same throughput). → ``sweep.json``
 3. training with ``molgiae.training.train`` from the checkpoint's weights (fresh AdamW, warm-up,
    cosine planned over the epochs the sweep's throughput fits into the time left) at the chosen
-   batch size, learning rate scaled by sqrt(batch / checkpoint batch) from the checkpoint's. It
+   batch size, learning rate scaled by sqrt(batch / checkpoint batch) from the checkpoint's and
+   capped at ``--max-lr`` (4e-3: a warm restart of a trained model, not a fresh start). It
    trains in a scratch folder; every minute its ``last.pt`` (resumable, with optimizer state) is
    copied atomically to ``OUT/last.pt``. At the end ``best.pt`` and ``metrics.csv`` are copied too,
    and the validation rmsd of the final weights on the same molecules as in the check is measured.
@@ -159,7 +163,7 @@ def sweep(config, weights, data, train_ids, device, batch_sizes, warmup, steps, 
     rows: list[dict] = []
     t_end = time.time() + budget_s
     for bs in batch_sizes:
-        if time.time() > t_end:
+        if time.time() > t_end and any("conformers_per_s" in r for r in rows):
             rows.append({"batch_size": bs, "skipped": "sweep time budget spent"})
             continue
         if bs > len(train_ids):
@@ -269,9 +273,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sweep-seconds", type=float, default=100.0, help="budget of the sweep")
     ap.add_argument("--within", type=float, default=0.9, help="smallest batch size within this fraction of the best throughput")
     ap.add_argument("--batch-size", type=int, help="train at this batch size whatever the sweep says")
-    ap.add_argument("--lr", type=float, help="peak learning rate (default: sqrt-scaled from the checkpoint's)")
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: sqrt-scaled from the checkpoint's, at most --max-lr)")
+    ap.add_argument("--max-lr", type=float, default=4e-3, help="cap of the sqrt-scaled learning rate")
     ap.add_argument("--epochs", type=int, help="epochs (default: as many as the sweep's throughput fits)")
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 4 on CUDA, 0 on CPU)")
+    ap.add_argument("--epoch-overhead-seconds", type=float, default=1.0, help="per-epoch cost besides the steps (epoch planning)")
     ap.add_argument("--checkpoint-seconds", type=float, default=60.0, help="copy last.pt to OUT this often")
     ap.add_argument("--reserve-seconds", type=float, default=45.0, help="kept after training for the end")
     ap.add_argument("--strict", action="store_true", help="stop after a failed check")
@@ -331,13 +337,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.strict and not result["passed"]:
         write_json(out / "summary.json", summary)
         raise SystemExit("check failed (--strict)")
+    amp = tc.amp and device.type == "cuda"
+    if amp and result["bf16_error"]:
+        amp = False
+        log(f"bf16 autocast failed ({result['bf16_error'].splitlines()[0]}): sweep and training in fp32")
+    summary["amp_bf16"] = amp
 
     # 2. sweep
     t = time.time()
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     budget = min(args.sweep_seconds, max(0.0, left(total_s) - args.reserve_seconds - 60))
     rows = sweep(base, weights, data, splits["train"], device, sizes, args.sweep_warmup, args.sweep_steps,
-                 budget, amp=tc.amp and device.type == "cuda")
+                 budget, amp=amp)
     num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
     key = "device_conformers_per_s" if num_workers > 0 else "conformers_per_s"
     chosen = choose_batch_size(rows, key, args.within)
@@ -351,17 +362,19 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. training
     cfg = Config.from_dict(base.to_dict())
     rate = next((r[key] for r in rows if r.get("batch_size") == bs and key in r), chosen[key])
-    lr = args.lr or tc.lr * math.sqrt(bs / tc.batch_size)
+    lr = args.lr or min(args.max_lr, tc.lr * math.sqrt(bs / tc.batch_size))
     train_s = max(0.0, left(total_s) - args.reserve_seconds)
     n_train = len(splits["train"])
-    epochs = args.epochs or max(1, int(0.9 * rate * train_s / n_train))
+    # as many whole epochs as fit (each also validates, saves and restarts its loader workers), so
+    # that the cosine schedule ends about when the time does; the time limit stops it in any case
+    epochs = args.epochs or max(1, int(0.9 * train_s / (n_train / rate + args.epoch_overhead_seconds)))
     steps_per_min = rate * 60 / bs
-    cfg.train.batch_size, cfg.train.lr, cfg.train.epochs = bs, lr, epochs
+    cfg.train.batch_size, cfg.train.lr, cfg.train.epochs, cfg.train.amp = bs, lr, epochs, amp
     cfg.train.time_limit_minutes = max(train_s / 60, 1e-3)
     cfg.train.checkpoint_every = max(1, int(steps_per_min * args.checkpoint_seconds / 120))  # about twice a copy period
     cfg.train.device, cfg.train.num_workers, cfg.train.max_val_molecules = str(device), num_workers, 1000
     summary["training"] = {"batch_size": bs, "lr": lr, "lr_rule": "given" if args.lr else
-                           f"sqrt: {tc.lr:g} * sqrt({bs}/{tc.batch_size})", "epochs_planned": epochs,
+                           f"sqrt: min({args.max_lr:g}, {tc.lr:g} * sqrt({bs}/{tc.batch_size}))", "epochs_planned": epochs,
                            "time_limit_s": train_s, "num_workers": num_workers,
                            "sweep_conformers_per_s": rate, "checkpoint_every_steps": cfg.train.checkpoint_every}
     log(f"train: batch {bs}, lr {lr:.2e}, {epochs} epochs planned in {train_s:.0f} s, "
@@ -378,10 +391,14 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.time()
     try:
         state = train(cfg, data, splits, work, quiet=True, metadata=meta, init_weights=weights, log=log)
+    except BaseException as exc:
+        summary["training"]["error"] = f"{type(exc).__name__}: {exc}"
+        write_json(out / "summary.json", summary)
+        raise
     finally:
         mirror.stop_event.set()
         mirror.join()
-    mirror.copy_now()
+        mirror.copy_now()
     train_wall = time.time() - t
     for name in ("best.pt", "metrics.csv"):
         if (work / name).is_file():
