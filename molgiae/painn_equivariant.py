@@ -82,6 +82,14 @@ def sum_over_senders(gate: Tensor, x: Tensor) -> Tensor:
     return torch.matmul(gate.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """``a × b`` along dim 2 in the wider of the two dtypes. Under bf16 autocast a matmul result
+    is bf16 while positions stay fp32, and ``torch.linalg.cross`` (unlike ``torch.cross``) is on
+    no autocast list and refuses mixed dtypes."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return torch.linalg.cross(a.to(dtype), b.to(dtype), dim=2)
+
+
 def sinusoidal_encoding(positions: Tensor, dim: int, max_period: float = 64.0) -> Tensor:
     """Sinusoidal encoding of integer positions. [...] → [..., dim]."""
     half = dim // 2
@@ -135,9 +143,9 @@ class PainnMessage(nn.Module):
         dv = dv + sum_over_senders(gates[1] * w, v)
         if self.cross_product:
             pos_f = pos.expand_as(v)
-            v_cross_x = torch.linalg.cross(v, pos_f, dim=2)
+            v_cross_x = _cross(v, pos_f)
             sums = sum_over_senders(gates[3] * w_over_d, torch.cat([v_cross_x, v], dim=2))
-            dv = dv + sums[:, :, :3] - torch.linalg.cross(sums[:, :, 3:], pos_f.to(sums.dtype), dim=2)
+            dv = dv + sums[:, :, :3] - _cross(sums[:, :, 3:], pos_f)
         return ds, dv
 
 
