@@ -171,7 +171,7 @@ def test_evaluate_writes_embedding_section(tiny_checkpoint, qm9_fixture_npz, tmp
              conf_mol=np.repeat(ids, 2))
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--data", str(qm9_fixture_npz),
-                                      "--json", str(out), "--quiet", "--ensembles", str(ens),
+                                      "--json", str(out), "--quiet", "--limit", "8", "--ensembles", str(ens),
                                       "--quality-molecules", "50", "--jacobian-molecules", "4"])
     assert result.exit_code == 0, result.output
     emb = json.loads(out.read_text())["embedding"]
@@ -181,6 +181,13 @@ def test_evaluate_writes_embedding_section(tiny_checkpoint, qm9_fixture_npz, tmp
     assert emb["conformers"]["n_conformers"] == 10 and emb["conformers"]["n_pairs"] == 5
     assert set(emb["probe"]) == set(quality.PROBE_TARGETS)
     assert emb["probe"]["U0"]["unit"] == "meV" and emb["probe"]["U0"]["n_fit"] + emb["probe"]["U0"]["n_test"] == 131
+    # the model card (package_default_model puts the section into metadata.test_metrics) shows it
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["metadata"]["test_metrics"] = {"embedding": emb}
+    carded = tmp_path / "carded.pt"
+    torch.save(ckpt, carded)
+    card = CliRunner().invoke(app, ["info", "--model", str(carded)])
+    assert card.exit_code == 0 and "self_retrieval" in card.output and "spearman_rho" in card.output
     skipped = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--data", str(qm9_fixture_npz),
                                        "--quiet", "--limit", "8", "--no-embedding-metrics"])
     assert skipped.exit_code == 0 and "embedding" not in json.loads(skipped.stdout)
