@@ -163,10 +163,20 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary here too."),
     batch_size: int = typer.Option(64),
     device: str = typer.Option("cpu"),
+    ensembles: Optional[Path] = typer.Option(None, "--ensembles", help="Conformer-ensemble file (e.g. the "
+                                             "molgiae-conformers npz): adds conformer awareness (Spearman ρ of "
+                                             "‖Δz‖ vs aligned rmsd, sibling-NN rate)."),
+    embedding_metrics: bool = typer.Option(True, "--embedding-metrics/--no-embedding-metrics",
+                                           help="Add the `embedding` section: noise robustness, Jacobian norms, "
+                                                "linear probe (labelled data), conformer awareness (--ensembles)."),
+    quality_molecules: int = typer.Option(1000, "--quality-molecules", min=2, help="Molecules of the split for "
+                                          "noise robustness (the probe fits 1,000 and tests 4,000 of the split)."),
+    jacobian_molecules: int = typer.Option(200, "--jacobian-molecules", min=1, help="Molecules for ‖∂z/∂x‖₂."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Reconstruction quality: rmsd (hard P, predicted R and t, no alignment), element accuracy,
-    aligned rmsd (diagnostic), invariance error; symmetric molecules reported separately."""
+    aligned rmsd (diagnostic), invariance error; symmetric molecules reported separately. Then the
+    invariant code's quality (the `embedding` section, on the whole split; --limit does not apply)."""
     import numpy as np
 
     from molgiae.data.loading import load_conformers
@@ -186,6 +196,9 @@ def evaluate(
         tc = m.config.train
         chosen = split_ids(dataset.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)[split]
         ids = np.intersect1d(ids, chosen)
+    pool = ids
+    if ensembles is not None and not ensembles.is_file():
+        fail(f"ensemble file not found: {ensembles}")
     if limit and len(ids) > limit:
         ids = np.sort(np.random.default_rng(0).choice(ids, limit, replace=False))
     if len(ids) == 0:
@@ -205,10 +218,32 @@ def evaluate(
     summary = summarize(scores, inv)
     summary["model"] = str(m.path)
     summary["split"] = split
+    if embedding_metrics:
+        summary["embedding"] = _embedding_section(m, dataset, pool, ensembles, quality_molecules, jacobian_molecules,
+                                                  batch_size, quiet)
     text = json.dumps(summary, indent=2)
     typer.echo(text)
     if json_out:
         json_out.write_text(text + "\n")
+
+
+def _embedding_section(m, dataset, pool, ensembles: Optional[Path], n_noise: int, n_jacobian: int,
+                       batch_size: int, quiet: bool) -> dict:
+    from molgiae.data.loading import load_conformers
+    from molgiae.quality import embedding_metrics, summary_lines
+
+    ens = None
+    if ensembles is not None:
+        try:
+            ens = load_conformers([ensembles], on_error=lambda e: None if quiet else err(f"skipped: {e}"))
+        except ValueError as exc:
+            fail(str(exc))
+    section = embedding_metrics(m.model, dataset, pool, ens, n_noise=n_noise, n_jacobian=n_jacobian,
+                                batch_size=batch_size, device=m.device, log=None if quiet else err)
+    if not quiet:
+        for line in summary_lines(section):
+            err(line)
+    return section
 
 
 # ----------------------------------------------------------------------------- info

@@ -3,7 +3,9 @@
     python tools/package_default_model.py RUN_DIR --data QM9_PART1 QM9_PART2 [--which last|best]
 
 Evaluates the run's checkpoint on its split's full test set with the same code as
-``molgiae evaluate --split test`` and writes ``molgiae/pretrained/molgiae-qm9.pt``: weights,
+``molgiae evaluate --split test`` (including its ``embedding`` section, from
+:mod:`molgiae.quality`; ``--ensembles`` adds conformer awareness, ``--embedding-json`` takes the
+section from a ``bench/embedding_quality.py --json`` file instead of measuring it) and writes ``molgiae/pretrained/molgiae-qm9.pt``: weights,
 config, metadata (data, split, epochs, wall time, hardware, parameters, test metrics), the
 test molecules' QM9 indices, and the optimizer/scheduler/run state of ``last.pt`` so that
 training can be resumed from the shipped file (copy it to RUN/last.pt, then
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 
 from molgiae.data.conformers import load_qm9_npz
+from molgiae.data.loading import load_conformers
 from molgiae.data.split import split_ids
 from molgiae.metrics import invariance_error, score_molecules, summarize
+from molgiae.quality import embedding_metrics
 from molgiae.training import atomic_torch_save, load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +36,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "molgiae" / "pretrained" / "molgiae-qm9.pt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--notes", default="")
+    ap.add_argument("--ensembles", type=Path, default=None, help="conformer-ensemble npz for the embedding section")
+    ap.add_argument("--embedding-json", type=Path, default=None,
+                    help="take the embedding section from this bench/embedding_quality.py --json output")
+    ap.add_argument("--no-embedding-metrics", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.run / f"{args.which}.pt")
@@ -55,6 +63,11 @@ def main() -> None:
             by_size[f"{lo}-{hi - 1} atoms"] = {"n": int(m.sum()), "rmsd_mean": float(scores.rmsd[m].mean()),
                                                "rmsd_aligned_mean": float(np.nanmean(scores.rmsd_aligned[m]))}
     summary["by_size"] = by_size
+    if args.embedding_json:
+        summary["embedding"] = json.loads(args.embedding_json.read_text())
+    elif not args.no_embedding_metrics:
+        ens = load_conformers([args.ensembles]) if args.ensembles else None
+        summary["embedding"] = embedding_metrics(model, data, test, ens)
     meta = dict(ckpt["metadata"])
     meta.update(name="molgiae-qm9", test_metrics={k: v for k, v in summary.items() if k != "worst"},
                 checkpoint_of=f"{args.which}.pt", notes=args.notes)
