@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from molgiae._version import __version__
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.record import ConformerRecord, RecordError
 
@@ -187,8 +188,6 @@ def write_store(
     writes nothing) when there is no valid conformer.
     """
     import h5py
-
-    from molgiae import __version__
 
     t0 = time.time()
     path = Path(path)
