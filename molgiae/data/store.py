@@ -110,10 +110,6 @@ class StoreConformerSet(ConformerSet):
 
     weights: np.ndarray | None = None
 
-    @property
-    def molecule(self) -> np.ndarray:
-        return self.keys
-
     def subset(self, ids: Sequence[int]) -> "StoreConformerSet":
         base = ConformerSet.subset(self, ids)
         w = None if self.weights is None else self.weights[np.asarray(ids, dtype=np.int64)]
