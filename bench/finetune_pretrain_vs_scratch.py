@@ -1,7 +1,7 @@
 """Does pretraining help? Fine-tune the autoencoder's encoder vs the same model from scratch.
 
     python bench/finetune_pretrain_vs_scratch.py --pretrained runs/default/best.pt \
-        --data ../shared/data/qm9/qm9_full_part1of2.npz ../shared/data/qm9/qm9_full_part2of2.npz \
+        --data qm9_full_part1of2.npz qm9_full_part2of2.npz \
         [--targets U0 gap] [--fractions 0.01 0.05] [--large] [--seeds 0 1 2] [--epochs 30] \
         [--max-test 2000] [--max-val 1000] [--threads 1] [--out DIR] [--md FILE]
 

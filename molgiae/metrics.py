@@ -1,4 +1,4 @@
-"""Reconstruction metrics of METHOD.md: rmsd (hard P, predicted R and t, no alignment),
+"""Reconstruction metrics (docs/method.md, section 7): rmsd (hard P, predicted R and t, no alignment),
 element accuracy, aligned rmsd (Kabsch + same-element Hungarian; diagnostic) and the
 invariance error of z under random group elements."""
 from __future__ import annotations
