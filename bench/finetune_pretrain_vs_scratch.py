@@ -1,7 +1,7 @@
 """Does pretraining help? Fine-tune the autoencoder's encoder vs the same model from scratch.
 
     python bench/finetune_pretrain_vs_scratch.py --pretrained runs/default/best.pt \
-        --data ../shared/data/qm9/qm9_full_part1of2.npz ../shared/data/qm9/qm9_full_part2of2.npz \
+        --data qm9_full_part1of2.npz qm9_full_part2of2.npz \
         [--targets U0 gap] [--fractions 0.01 0.05] [--large] [--seeds 0 1 2] [--epochs 30] \
         [--max-test 2000] [--max-val 1000] [--threads 1] [--out DIR] [--md FILE]
 
@@ -26,7 +26,7 @@ import torch
 
 from molgiae.api import file_sha256
 from molgiae.data.loading import load_conformers
-from molgiae.finetune.compare import COMPARE_COLUMNS, compare, summarise
+from molgiae.finetune.compare import COMPARE_COLUMNS, compare, summarize
 from molgiae.finetune.loop import _atomic_csv
 from molgiae.finetune.targets import get_target
 from molgiae.training import load_checkpoint, select_device
@@ -111,7 +111,7 @@ def main() -> None:
             print(f"  [{target} {fraction:g} done in {time.time() - t1:.0f} s]", file=sys.stderr)
     wall = time.time() - t0
     _atomic_csv(args.out / "runs.csv", COMPARE_COLUMNS, rows)
-    summary = summarise(rows)
+    summary = summarize(rows)
     lines = table(summary)
     print("\n".join(lines))
     hw = (torch.cuda.get_device_name(device) if device.type == "cuda"

@@ -1,7 +1,6 @@
 """molgiae: invariant embeddings of 3-D molecular conformers with a group-invariant autoencoder."""
-__version__ = "0.1.0"
-
-from molgiae.runtime import tune_allocator  # noqa: E402  (ctypes only: keeps `import molgiae` light)
+from molgiae._version import __version__
+from molgiae.runtime import tune_allocator  # (ctypes only: keeps `import molgiae` light)
 
 
 def load_model(path=None, device="cpu"):

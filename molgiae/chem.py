@@ -20,7 +20,6 @@ QM9_ELEMENTS = (1, 6, 7, 8, 9)
 
 HARTREE_TO_EV = 27.211386246
 EV_TO_MEV = 1000.0
-BOHR_TO_ANGSTROM = 0.529177210903
 
 
 def symbol(atomic_number: int) -> str:

@@ -562,10 +562,10 @@ def finetune_cmd(
                    encoder_lr_ratio=encoder_lr_ratio if not scratch else 1.0)
     try:
         if compare_runs:
-            from molgiae.finetune.compare import compare, markdown_table, summarise
+            from molgiae.finetune.compare import compare, markdown_table, summarize
 
             rows = compare(dataset, target, out, pretrained, seeds=[seed], **options)
-            typer.echo(markdown_table(rows, summarise(rows)), nl=False)
+            typer.echo(markdown_table(rows, summarize(rows)), nl=False)
             typer.echo(f"compare.csv, compare.md and compare.png in {out}")
             return
         from molgiae.finetune.loop import finetune as run_finetune

@@ -14,7 +14,7 @@ from molgiae.chem import QM9_ELEMENTS
 
 @dataclass
 class ModelConfig:
-    """Architecture of the autoencoder (see ``METHOD.md``).
+    """Architecture of the autoencoder (see ``docs/method.md``).
 
     ``elements`` is the vocabulary (atomic numbers) in canonical band order;
     ``max_atoms`` bounds what the decoder can reconstruct (the encoder is size-free).

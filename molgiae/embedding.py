@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from molgiae import __version__
+from molgiae._version import __version__
 from molgiae.data.batching import size_sorted_batches
 from molgiae.data.molecules import perceive_smiles, rdkit_molecule
 from molgiae.data.read_ahead import position, read_positioned

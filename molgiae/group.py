@@ -1,4 +1,5 @@
-"""Group functions of SE(3) x S_n: rotation from two vectors, translation, permutations.
+"""Group functions of SE(3) x S_n: rotation from two vectors, translation, permutations,
+and a random rotation (Haar-uniform; the tests and the invariance metric draw from it).
 
 Pure tensor functions, no parameters. Shapes: B molecules, N atoms (padded), ``mask`` [B, N]
 marks real atoms.
@@ -120,3 +121,20 @@ def apply_action(canonical: Tensor, P: Tensor, R: Tensor, t: Tensor) -> Tensor:
 def to_canonical(pos: Tensor, P: Tensor, R: Tensor, t: Tensor) -> Tensor:
     """Inverse of :func:`apply_action` for a hard P: ``Y = P (X - t) R``. [B, N, 3] → [B, N, 3]."""
     return torch.einsum("bki,bic->bkc", P, (pos - t.unsqueeze(1)) @ R)
+
+
+def random_rotation(generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A rotation drawn uniformly (Haar measure on SO(3)): [3, 3], orthogonal, det +1.
+
+    QR of a 3×3 standard Gaussian matrix gives Q; multiplying each column of Q by the sign of
+    the matching diagonal entry of R makes the factorisation unique, and Q is then Haar on O(3)
+    (without the sign fix it is not). A Q with det -1 is negated: -I has det -1 in 3-D, so this
+    maps O(3)'s other half onto SO(3), measure-preserving. Drawn in float64 from ``generator``
+    (the global RNG when None), returned in ``dtype``.
+    """
+    g = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    if torch.linalg.det(q) < 0:
+        q = -q
+    return q.to(dtype)

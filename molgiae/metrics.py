@@ -1,4 +1,4 @@
-"""Reconstruction metrics of METHOD.md: rmsd (hard P, predicted R and t, no alignment),
+"""Reconstruction metrics (docs/method.md, section 7): rmsd (hard P, predicted R and t, no alignment),
 element accuracy, aligned rmsd (Kabsch + same-element Hungarian; diagnostic) and the
 invariance error of z under random group elements."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 
 from molgiae.data.batching import batch_from_set, make_batch, sized_batches
 from molgiae.data.conformers import ConformerSet
+from molgiae.group import random_rotation
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
 from molgiae.symmetry import is_symmetric
 
@@ -51,10 +52,9 @@ def aligned_rmsd(pred: np.ndarray, ref: np.ndarray, elements: np.ndarray, iterat
 
 
 def random_group_element(n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A random (R, t, π): R from e3nn's Haar-uniform ``o3.rand_matrix``, t ~ N(0, 5² Å²), π uniform."""
-    from e3nn import o3
-
-    R = o3.rand_matrix()
+    """A random (R, t, π): R Haar-uniform (:func:`molgiae.group.random_rotation`), t ~ N(0, 5² Å²),
+    π uniform; all drawn from ``generator``."""
+    R = random_rotation(generator)
     t = 5.0 * torch.randn(3, generator=generator)
     perm = torch.randperm(n, generator=generator)
     return R, t, perm
@@ -113,7 +113,6 @@ def invariance_error(
     """max |z(g·X) - z(X)| over molecules ``ids`` and ``trials`` random g ∈ SE(3) × S_n each."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     worst = 0.0
     ids = np.asarray(ids)
     base = model.embed(model.dense(batch_from_set(data, ids).to(device)))

@@ -1,7 +1,7 @@
 """Geometric symmetry detection: does a conformer have a C_k axis (k ≥ 2) or lie on a line?
 
 Such molecules have a non-trivial stabiliser in SO(3), so no equivariant frame can be unique
-for them (METHOD.md, "Known hard cases"); metrics are reported for them separately.
+for them (docs/method.md, "Known hard cases"); metrics are reported for them separately.
 Pure numpy.
 """
 from __future__ import annotations

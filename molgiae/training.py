@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from molgiae import __version__
+from molgiae._version import __version__
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
@@ -190,6 +190,16 @@ def shard_batch(chunk: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This rank's molecules of a global batch: ``chunk[rank::world_size]`` (sizes balanced,
     since a bucketed batch is sorted by atom count)."""
     return chunk[rank::world_size]
+
+
+def rank_share(chunk: np.ndarray, rank: int, world_size: int, n_atoms: np.ndarray) -> tuple[np.ndarray, float]:
+    """This rank's molecules of a global batch and its loss weight: its share of the batch's atoms
+    (the loss is a per-atom mean). A rank left without a molecule runs the batch's first one
+    with weight 0, so that it still joins the all-reduce."""
+    local = shard_batch(chunk, rank, world_size)
+    if len(local) == 0:
+        return chunk[:1], 0.0
+    return local, float(n_atoms[local].sum() / n_atoms[chunk].sum())
 
 
 # ----------------------------------------------------------------------------- conformer sampling
@@ -459,11 +469,8 @@ def train(
             if not dist_info.enabled:
                 items.append((chunk, 1.0, len(chunk)))
                 continue
-            local = shard_batch(chunk, rank, world)
-            # weight = this rank's share of the global batch's atoms (the loss is a per-atom mean);
-            # a rank with no molecule runs one with weight 0, so every rank joins the all-reduce
-            weight = float(data.n_atoms[local].sum() / data.n_atoms[chunk].sum()) if len(local) else 0.0
-            items.append((local if len(local) else chunk[:1], weight, len(chunk)))
+            local, weight = rank_share(chunk, rank, world, data.n_atoms)
+            items.append((local, weight, len(chunk)))
         collate = _Collate(data)
         if tc.num_workers == 0:
             return map(collate, items)

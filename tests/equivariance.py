@@ -1,13 +1,14 @@
-"""e3nn ``util/test.py``-style helpers: random group elements and molecules from the fixture."""
+"""Test helpers: random group elements (rotations from molgiae.group.random_rotation) and
+molecules from the fixture."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
-from e3nn import o3
 
 from molgiae.data.conformers import load_qm9_npz
+from molgiae.group import random_rotation
 from molgiae.model import DenseMolecules, GroupInvariantAutoencoder
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -29,8 +30,8 @@ def find(data, smiles: str) -> int:
 
 
 def random_action(n: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random (R, t, π): Haar rotation (e3nn), Gaussian translation (5 Å), uniform permutation."""
-    return o3.rand_matrix(dtype=dtype), 5.0 * torch.randn(3, dtype=dtype), torch.randperm(n)
+    """Random (R, t, π): Haar rotation, Gaussian translation (5 Å), uniform permutation (global RNG)."""
+    return random_rotation(dtype=dtype), 5.0 * torch.randn(3, dtype=dtype), torch.randperm(n)
 
 
 def act(R, t, perm, x: torch.Tensor) -> torch.Tensor:

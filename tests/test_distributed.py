@@ -14,7 +14,7 @@ import torch
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
-from molgiae.training import load_checkpoint, model_from_checkpoint, shard_batch, train
+from molgiae.training import load_checkpoint, model_from_checkpoint, rank_share, shard_batch, train
 from tests.equivariance import QM9_FIXTURE, fixture_set
 
 DATA = fixture_set()
@@ -61,14 +61,58 @@ def _gauge_mask(model: GroupInvariantAutoencoder, ids: np.ndarray) -> dict[str, 
     return {k: p.grad.abs() < 1e-10 for k, p in m.named_parameters()}
 
 
-def test_shards_cover_each_global_batch_and_weights_sum_to_one():
+def _loss_and_grad(model: GroupInvariantAutoencoder, ids: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training loss of molecules ``ids`` as one batch (float64) and its gradient."""
+    model.zero_grad(set_to_none=True)
+    mols = model.dense(batch_from_set(DATA, ids))
+    mols.pos = mols.pos.double()
+    loss = reconstruction_loss(model(mols, permutation="straight_through", tau=0.3), mols)["loss"]
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_rank_shares_partition_each_global_batch_and_weights_sum_to_one():
+    """training.rank_share, the code each rank runs: the ranks' molecules are the global batch,
+    weights sum to 1, a rank left without a molecule runs one with weight 0."""
     batches = bucketed_batches(DATA.n_atoms, np.arange(45), 8, np.random.default_rng(0))
     for world in (2, 3):
-        for chunk in batches:
-            shards = [shard_batch(chunk, r, world) for r in range(world)]
-            assert sorted(np.concatenate(shards).tolist()) == sorted(chunk.tolist())
-            share = sum(DATA.n_atoms[s].sum() for s in shards) / DATA.n_atoms[chunk].sum()
-            assert share == pytest.approx(1.0)
+        for chunk in [*batches, np.array([17]), np.array([3, 9])]:
+            shares = [rank_share(chunk, r, world, DATA.n_atoms) for r in range(world)]
+            used = [local for local, w in shares if w > 0]
+            assert sorted(np.concatenate(used).tolist()) == sorted(chunk.tolist())
+            assert sum(w for _, w in shares) == pytest.approx(1.0, abs=1e-12)
+            for r, (local, w) in enumerate(shares):
+                if r >= len(chunk):  # no molecule for this rank
+                    assert w == 0.0 and np.array_equal(local, chunk[:1])
+                else:
+                    assert w > 0 and np.array_equal(local, shard_batch(chunk, r, world))
+
+
+def test_rank_weighted_losses_give_the_global_batch_loss_and_gradient():
+    """What DDP computes from the rank losses (the mean over ranks of world·weight·grad) is the
+    loss and gradient of the whole global batch: the weights are shares of atoms because the
+    loss is a per-atom mean (shares of molecules would not do). float64, one tiny model."""
+    torch.manual_seed(0)
+    model = GroupInvariantAutoencoder(ModelConfig(features=16, embedding_dim=16, encoder_layers=1,
+                                                  decoder_layers=1, decoder="transformer")).double()
+    sizes = DATA.n_atoms
+    chunk = np.array([int(np.argmin(sizes)), int(np.argmax(sizes)), 40, 41, 42])  # unequal shares
+    full_loss, full_grad = _loss_and_grad(model, chunk)
+    for world in (2, 3):
+        loss, grad = 0.0, [torch.zeros_like(g) for g in full_grad]
+        by_molecules = 0.0
+        for r in range(world):
+            local, w = rank_share(chunk, r, world, sizes)
+            rank_loss, rank_grad = _loss_and_grad(model, local)
+            loss = loss + w * rank_loss
+            grad = [g + (world * w) * gr / world for g, gr in zip(grad, rank_grad)]
+            by_molecules += len(local) / len(chunk) * float(rank_loss)
+        # float64 but for the cross-entropy, which the loss computes in float32
+        assert float(loss) == pytest.approx(float(full_loss), rel=1e-7)
+        g, f = torch.cat([x.flatten() for x in grad]), torch.cat([x.flatten() for x in full_grad])
+        worst = float((g - f).abs().max() / f.abs().max())
+        assert worst < 1e-6, worst
+        assert abs(by_molecules / float(full_loss) - 1) > 1e-3  # the test can tell the two weightings apart
 
 
 def test_torchrun_two_processes_match_one_process_and_resume(tmp_path):

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tests.equivariance import write_tiny_checkpoint
 from tests.molfiles import molblock
+from tests.shared_data import shared_file
 from tests.molfiles import write_sdf as write_sdf_blocks
 from molgiae.cli import app
 from molgiae.config import Config, ModelConfig, TrainConfig
@@ -44,7 +45,6 @@ REF = {
     "H": {1: -0.497912, 6: -37.844411, 7: -54.581501, 8: -75.062219, 9: -99.716370},
     "G": {1: -0.510927, 6: -37.861317, 7: -54.598897, 8: -75.079532, 9: -99.733544},
 }
-SHARED_ATOMREF = Path(__file__).resolve().parents[2] / "shared" / "data" / "qm9" / "atomref.csv"
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
@@ -91,9 +91,8 @@ def cli(*args):
 # --------------------------------------------------------------------------- targets and units
 def test_atomref_constant_matches_the_data_folder():
     assert {z: {k: ATOMREF[z][k] for k in REF} for z in ATOMREF} == {z: {k: REF[k][z] for k in REF} for z in REF["U0"]}
-    if not SHARED_ATOMREF.is_file():
-        pytest.skip("shared/data/qm9/atomref.csv not present")
-    rows = [r for r in csv.reader(l for l in SHARED_ATOMREF.read_text().splitlines() if not l.startswith("#"))]
+    atomref = shared_file("qm9/atomref.csv")
+    rows = [r for r in csv.reader(l for l in atomref.read_text().splitlines() if not l.startswith("#"))]
     header = rows[0]
     for r in rows[1:]:
         z = int(r[header.index("Z")])

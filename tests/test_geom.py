@@ -3,14 +3,13 @@ training on a store, molecule-level splits and conformer sampling.
 
 Fixtures are written here in the exact GEOM layouts: real RDKit molecules embedded with ETKDG
 in the pickles, msgpack streams written with the msgpack package. No mocks. The synthetic
-conformer ensembles of /work/shared/data (a stand-in for GEOM, not GEOM) are outside the repo;
-their test is skipped when the file is absent, and an ensemble npz written here covers the
-same code path.
+conformer ensembles of the shared data folder (a stand-in for GEOM, not GEOM) are outside the
+repo (tests/shared_data.py: their test is skipped when the file is absent, a failure under CI),
+and an ensemble npz written here covers the same code path.
 """
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -35,12 +34,12 @@ from molgiae.data.store import (
     write_store,
 )
 from molgiae.training import sample_conformers
+from tests.shared_data import shared_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QM9_NPZ = FIXTURES / "qm9_fixture.npz"
 QM9_XYZ = sorted(FIXTURES.glob("dsgdb9nsd_*.xyz"))
-SHARED = Path(os.environ.get("MOLGIAE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SYNTHETIC = SHARED / "synthetic" / "qm9_sample1000_rdkit_mmff94_conformers.npz"
+SYNTHETIC = "synthetic/qm9_sample1000_rdkit_mmff94_conformers.npz"
 
 # SMILES -> number of conformers; small molecules of the QM9 vocabulary (H C N O F)
 MOLECULES = {"CCO": 3, "CC(=O)NC": 4, "OCC(F)CO": 5, "C1CC1N": 2}
@@ -129,7 +128,7 @@ def geom_msgpack(tmp_path_factory, ensembles):
 
 
 def _write_ensemble_npz(path: Path, ensembles: dict, with_index: bool = True) -> None:
-    """The conformer-ensemble npz layout of /work/shared/data/README.md section 3."""
+    """The conformer-ensemble npz layout (docs/data.md)."""
     Z, atom_ptr, R, conf_atom_ptr, conf_mol, w, e, smiles = [], [0], [], [0], [], [], [], []
     for m, (s, confs) in enumerate(ensembles.items()):
         Z.append(confs[0][0])
@@ -400,15 +399,14 @@ def test_prepare_then_train_on_an_ensemble_fixture(tmp_path, ensembles):
     assert (run / "metrics.csv").read_text().count("\n") == 2
 
 
-@pytest.mark.skipif(not SYNTHETIC.is_file(), reason=f"the synthetic conformer ensembles ({SYNTHETIC}) live outside "
-                                                    "the repo in shared/data and are absent here")
 def test_prepare_synthetic_ensembles_then_train(tmp_path):
     """The shared synthetic RDKit/MMFF94 ensembles (a GEOM stand-in, not GEOM): every conformer
     comes back, molecule ids are the QM9 indices, weights are the file's; then a short epoch."""
+    synthetic = shared_file(SYNTHETIC)
     store = tmp_path / "synthetic.h5"
-    _prepare(SYNTHETIC, "-o", store)
+    _prepare(synthetic, "-o", store)
     data = read_store(store)
-    with np.load(SYNTHETIC) as d:
+    with np.load(synthetic) as d:
         assert len(data) == len(d["conf_mol"]) == 5413
         assert np.array_equal(data.ptr, d["conf_atom_ptr"])
         assert np.allclose(data.coords, d["R"], atol=1e-5)

@@ -1,6 +1,5 @@
 """Group functions: Gram–Schmidt rotation, translation, soft/hard permutations."""
 import torch
-from e3nn import o3
 
 from molgiae import group
 
@@ -12,7 +11,7 @@ def test_gram_schmidt_is_a_proper_rotation_and_equivariant():
     eye = torch.eye(3).expand(16, 3, 3)
     assert torch.allclose(R.transpose(1, 2) @ R, eye, atol=1e-5)
     assert torch.allclose(torch.linalg.det(R), torch.ones(16), atol=1e-5)
-    Q = o3.rand_matrix()
+    Q = group.random_rotation()
     R2 = group.gram_schmidt(v1 @ Q.T, v2 @ Q.T)
     assert torch.allclose(R2, Q @ R, atol=1e-5)
 
@@ -40,7 +39,7 @@ def test_centroid_is_equivariant_and_ignores_padding():
     pos[0, 3:] = 100.0  # padding must not count
     t = group.masked_centroid(pos, mask)
     assert torch.allclose(t[0], pos[0, :3].mean(0))
-    R, a = o3.rand_matrix(), torch.randn(3)
+    R, a = group.random_rotation(), torch.randn(3)
     t2 = group.masked_centroid(pos @ R.T + a, mask)
     assert torch.allclose(t2, t @ R.T + a, atol=1e-5)
 
@@ -91,6 +90,30 @@ def test_apply_action_and_to_canonical_are_inverse():
     torch.manual_seed(4)
     Y = torch.randn(1, 5, 3)
     P = group.hard_permutation(torch.randn(1, 5), torch.ones(1, 5, dtype=torch.bool))
-    R, t = o3.rand_matrix().unsqueeze(0), torch.randn(1, 3)
+    R, t = group.random_rotation().unsqueeze(0), torch.randn(1, 3)
     X = group.apply_action(Y, P, R, t)
     assert torch.allclose(group.to_canonical(X, P, R, t), Y, atol=1e-5)
+
+
+def test_random_rotation_is_a_proper_rotation_seeded_and_in_dtype():
+    gen = torch.Generator().manual_seed(7)
+    R = torch.stack([group.random_rotation(gen, dtype=torch.float64) for _ in range(200)])
+    assert R.dtype == torch.float64
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(200, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(200, dtype=torch.float64), atol=1e-12)
+    again = group.random_rotation(torch.Generator().manual_seed(7))
+    assert again.dtype == torch.float32 and torch.equal(again, R[0].float())
+
+
+def test_random_rotation_is_haar_uniform():
+    """Haar on SO(3): E[R] = 0, E[R_ij²] = 1/3, and the rotation angle θ has the density
+    (1 − cos θ)/π, CDF (θ − sin θ)/π. QR without the sign fix fails the first and the last."""
+    import numpy as np
+    from scipy import stats
+
+    gen = torch.Generator().manual_seed(0)
+    R = torch.stack([group.random_rotation(gen, dtype=torch.float64) for _ in range(4000)]).numpy()
+    assert np.abs(R.mean(0)).max() < 0.05  # one entry's std over 4000 draws: 0.009
+    assert np.abs((R**2).mean(0) - 1 / 3).max() < 0.02
+    angle = np.arccos(np.clip((np.trace(R, axis1=1, axis2=2) - 1) / 2, -1, 1))
+    assert stats.kstest(angle, lambda t: (t - np.sin(t)) / np.pi).pvalue > 1e-3

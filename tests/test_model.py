@@ -3,7 +3,6 @@ tested with random group elements on real QM9 molecules."""
 import numpy as np
 import pytest
 import torch
-from e3nn import o3
 
 from molgiae import group
 from molgiae.config import ModelConfig

@@ -1,7 +1,7 @@
 """Tests of molgiae.data.readers on real files: committed fixtures and files written to tmp_path.
 
-Real RDKit and ASE, no mocks. Only /work/shared/data/ood/... is outside the repo, and its
-test is skipped when that file is absent.
+Real RDKit and ASE, no mocks. Only the CDK2 SDF of the shared data folder is outside the repo
+(tests/shared_data.py: skipped when absent, a failure under CI).
 """
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ from molgiae.data.readers import (
     records_only,
 )
 from molgiae.data.record import ConformerRecord, RecordError
+from tests.shared_data import shared_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QM9_NPZ = FIXTURES / "qm9_fixture.npz"
 QM9_XYZ = sorted(FIXTURES.glob("dsgdb9nsd_*.xyz"))
-CDK2_SDF = Path("/work/shared/data/ood/rdkit_fastcluster_cdk2_3d.sdf.gz")
+CDK2_SDF = "ood/rdkit_fastcluster_cdk2_3d.sdf.gz"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -289,9 +290,8 @@ def test_sdf_gz_reads_like_sdf(tmp_path, qm9):
         np.testing.assert_array_equal(a.coords, b.coords)
 
 
-@pytest.mark.skipif(not CDK2_SDF.exists(), reason=f"{CDK2_SDF} is outside the repo and absent here")
 def test_cdk2_ood_sdf_gives_47_records():
-    recs, errs, _ = split(read_records(CDK2_SDF))
+    recs, errs, _ = split(read_records(shared_file(CDK2_SDF)))
     assert errs == [] and len(recs) == 47
     assert all(r.name.startswith("ZINC") for r in recs)
     assert all(1 in r.elements for r in recs)  # explicit H kept

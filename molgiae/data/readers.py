@@ -35,7 +35,7 @@ Conventions
   ``summary_*.json`` (or such a summary file) as a GEOM ``rdkit_folder``, whose pickles are
   unpickled (that executes code from the files: trusted data only). One record per conformer,
   name and smiles = the GEOM SMILES. An ``.npz`` with ``format_version``
-  ``molgiae-conformers-npz-*`` is a conformer-ensemble file (:func:`molgiae.data.store.read_ensemble_npz`).
+  ``molgiae-conformers-npz-*`` is a conformer-ensemble file (:func:`molgiae.data.ensemble_npz.read_ensemble_npz`).
 * Geometry: every record passes :func:`check_geometry`. Its all-z=0 ("2-D drawing") test
   applies to SD/MOL (and SMILES) input only; npz, xyz, tar and other ASE formats are 3-D
   by construction, and planar/linear molecules there often lie exactly in z = 0.
@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from molgiae.chem import atomic_number
+from molgiae.data.ensemble_npz import ENSEMBLE_NPZ_FORMAT, read_ensemble_npz
 from molgiae.data.geom import is_geom_rdkit_folder, read_geom_msgpack, read_geom_rdkit_folder
 from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_geometry
@@ -328,9 +329,7 @@ def _read_qm9_npz(path: Path, source: str, opts: _Options) -> Iterator[Item]:
     if not isinstance(data, np.lib.npyio.NpzFile):
         yield RecordError(source, -1, "not an .npz archive (a single .npy array)")
         return
-    if _is_ensemble_npz(data):  # conformer ensembles (molgiae.data.store), e.g. the synthetic GEOM stand-in
-        from molgiae.data.store import read_ensemble_npz
-
+    if _is_ensemble_npz(data):  # conformer ensembles (molgiae.data.ensemble_npz), e.g. the synthetic GEOM stand-in
         data.close()
         yield from read_ensemble_npz(path, source)
         return
@@ -365,7 +364,7 @@ def _read_qm9_npz(path: Path, source: str, opts: _Options) -> Iterator[Item]:
 
 def _is_ensemble_npz(data) -> bool:
     try:
-        return "format_version" in data.files and str(data["format_version"]).startswith("molgiae-conformers-npz")
+        return "format_version" in data.files and str(data["format_version"]).startswith(ENSEMBLE_NPZ_FORMAT)
     except Exception:  # noqa: BLE001 - a corrupt member: let the QM9 path report it
         return False
 

@@ -45,18 +45,20 @@ import re
 import shutil
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from molgiae._version import __version__
 from molgiae.data.conformers import ConformerSet
+from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord, RecordError
+from molgiae.data.split import name_key
 
 STORE_FORMAT = "molgiae-conformer-store-1"
-ENSEMBLE_NPZ_FORMAT = "molgiae-conformers-npz"
 STORE_SUFFIXES = (".h5", ".hdf5")
 _BLOCK_ROWS = 1 << 22  # rows copied per block when the HDF5 file is assembled
 _QM9_NAME = re.compile(r"^gdb_(\d+)$")
@@ -69,8 +71,6 @@ Item = ConformerRecord | RecordError
 
 def molecule_id(record: ConformerRecord, group_by: str = "name") -> int:
     """The int64 molecule id of a record (see the module docstring)."""
-    from molgiae.data.split import name_key
-
     m = _QM9_NAME.match(record.name or "")
     if m and group_by == "name":
         return int(m.group(1))
@@ -109,10 +109,6 @@ class StoreConformerSet(ConformerSet):
     """
 
     weights: np.ndarray | None = None
-
-    @property
-    def molecule(self) -> np.ndarray:
-        return self.keys
 
     def subset(self, ids: Sequence[int]) -> "StoreConformerSet":
         base = ConformerSet.subset(self, ids)
@@ -187,8 +183,6 @@ def write_store(
     writes nothing) when there is no valid conformer.
     """
     import h5py
-
-    from molgiae import __version__
 
     t0 = time.time()
     path = Path(path)
@@ -288,8 +282,6 @@ def prepare_store(
     """Read every input with the molgiae readers (GEOM, QM9 npz, ensemble npz, SDF, XYZ, ...)
     and write one store. GEOM rdkit_folder pickles are unpickled here (which executes code
     from them; see :mod:`molgiae.data.geom`)."""
-    from molgiae.data.readers import iter_records
-
     inputs = [str(p) for p in inputs]
     return write_store(iter_records(inputs, **reader_options), out, inputs=inputs, group_by=group_by,
                        on_error=on_error, progress=progress)
@@ -383,49 +375,3 @@ def concat_sets(sets: Sequence[StoreConformerSet]) -> StoreConformerSet:
         # each store's weights are normalised per molecule; renormalise over the union
         weights=normalised_weights(np.concatenate([s.keys for s in sets]), np.concatenate([s.weights for s in sets])),
     )
-
-
-# --------------------------------------------------------------------------- conformer-ensemble npz
-
-
-def read_ensemble_npz(path: str | Path, source: str | None = None) -> Iterator[Item]:
-    """A conformer-ensemble npz (``format_version`` ``molgiae-conformers-npz-*``), e.g. the
-    synthetic RDKit/MMFF94 ensembles of QM9 molecules (a stand-in for GEOM, *not* GEOM).
-
-    Keys: ``Z`` and ``atom_ptr`` (per molecule), ``R`` and ``conf_atom_ptr`` (per conformer),
-    ``conf_mol`` (molecule of each conformer), optional ``index`` (QM9 index → name
-    ``gdb_<index>``), ``smiles``, and per-conformer numbers such as ``boltzmann_weight`` and
-    ``energy_mmff94`` (→ properties). One record per conformer, ``index`` = conformer position.
-    """
-    source = str(path) if source is None else source
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            missing = [k for k in ("Z", "atom_ptr", "R", "conf_atom_ptr", "conf_mol") if k not in d.files]
-            if missing:
-                yield RecordError(source, -1, f"conformer-ensemble npz lacks keys {missing}")
-                return
-            arrays = {k: d[k] for k in d.files}
-    except Exception as exc:  # noqa: BLE001 - corrupt npz
-        yield RecordError(source, -1, f"corrupt conformer-ensemble npz ({type(exc).__name__}: {exc})")
-        return
-    Z, atom_ptr, R = arrays["Z"], arrays["atom_ptr"].astype(np.int64), arrays["R"]
-    conf_ptr, conf_mol = arrays["conf_atom_ptr"].astype(np.int64), arrays["conf_mol"].astype(np.int64)
-    n_conf = len(conf_mol)
-    mol_index = arrays.get("index")
-    smiles = arrays.get("smiles")
-    skip = {"conf_mol", "conf_atom_ptr", "n_confs", "conf_ptr"}
-    per_conf = {k: v for k, v in arrays.items()
-                if k not in skip and v.ndim == 1 and len(v) == n_conf and np.issubdtype(v.dtype, np.number)}
-    for c in range(n_conf):
-        m = int(conf_mol[c])
-        name = f"gdb_{int(mol_index[m])}" if mol_index is not None else f"molecule_{m}"
-        a, b = int(atom_ptr[m]), int(atom_ptr[m + 1])
-        ca, cb = int(conf_ptr[c]), int(conf_ptr[c + 1])
-        if cb - ca != b - a:
-            yield RecordError(source, c, f"conformer has {cb - ca} coordinate rows, its molecule {b - a} atoms", name)
-            continue
-        yield ConformerRecord(
-            elements=Z[a:b], coords=R[ca:cb], name=name, source=source, index=c,
-            properties={k: float(v[c]) for k, v in per_conf.items()},
-            smiles=str(smiles[m]) if smiles is not None else "",
-        )

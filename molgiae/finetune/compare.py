@@ -22,7 +22,7 @@ COMPARE_COLUMNS = ("target", "fraction", "seed", "init", "frozen", "n_train", "n
                    "best_epoch", "val_mae", "test_mae", "report_unit", "wall_seconds")
 
 
-def summarise(rows: Sequence[dict]) -> list[dict]:
+def summarize(rows: Sequence[dict]) -> list[dict]:
     """Mean ± sample std of test MAE (report unit) per (target, fraction, init)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -135,6 +135,6 @@ def compare(
     from molgiae.training import atomic_write_text
 
     title = f"{target}: pretrained vs scratch, fraction {fraction:g}, seeds {', '.join(map(str, seeds))}"
-    atomic_write_text(out / "compare.md", f"# {title}\n\n" + markdown_table(rows, summarise(rows)))
+    atomic_write_text(out / "compare.md", f"# {title}\n\n" + markdown_table(rows, summarize(rows)))
     write_compare_plot(histories, out / "compare.png", spec.report_unit, spec.report_scale, title)
     return rows

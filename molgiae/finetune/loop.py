@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from molgiae._version import __version__
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
@@ -441,7 +442,6 @@ def finetune(
         "device": str(dev),
         "metadata": dict(metadata or {}),
     }
-    from molgiae import __version__
     from molgiae.training import atomic_torch_save, atomic_write_text
 
     result["molgiae_version"] = __version__

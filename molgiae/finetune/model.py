@@ -80,12 +80,6 @@ class PropertyModel(nn.Module):
         model.encoder.load_state_dict(state, strict=True)
         return model
 
-    @classmethod
-    def from_autoencoder_path(cls, path: str | Path, target: str, seed: int = 0) -> "PropertyModel":
-        from molgiae.training import load_checkpoint
-
-        return cls.from_autoencoder(load_checkpoint(path), target, seed)
-
     # ------------------------------------------------------------------ inputs
     def species(self, atomic_numbers: Tensor) -> Tensor:
         return self.vocabulary.species(atomic_numbers)
@@ -136,9 +130,6 @@ class PropertyModel(nn.Module):
         self.target_mean.fill_(mean)
         self.target_std.fill_(std)
         return mean, std
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
 
 
 # ----------------------------------------------------------------------------- checkpoints

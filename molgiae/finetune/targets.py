@@ -18,9 +18,8 @@ from molgiae.data.conformers import ConformerSet
 
 #: QM9's single-atom reference energies (B3LYP/6-31G(2df,p)), atomic number → property → value.
 #: Energies (ZPVE, U0, U, H, G) in Hartree, Cv in cal/(mol K). Copied from the QM9 "atomref"
-#: table (figshare file 3195395), as shipped in the project's ``shared/data/qm9/atomref.csv``;
-#: the package carries its own copy so it never reads the data folder at run time
-#: (tests/test_finetune.py checks the two agree when that file is present).
+#: table (figshare file 3195395). The package carries its own copy, so it needs no data file at
+#: run time (tests/test_finetune.py checks it against a copy of that table when one is present).
 ATOMREF: dict[int, dict[str, float]] = {
     1: {"zpve": 0.0, "U0": -0.500273, "U": -0.498857, "H": -0.497912, "G": -0.510927, "Cv": 2.981},
     6: {"zpve": 0.0, "U0": -37.846772, "U": -37.845355, "H": -37.844411, "G": -37.861317, "Cv": 2.981},
