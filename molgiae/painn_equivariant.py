@@ -53,6 +53,17 @@ class PairGeometry:
     rbf: Tensor
     weight: Tensor
     weight_over_d: Tensor
+    _filter_inputs: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def filter_inputs(self) -> tuple[Tensor, Tensor]:
+        """``[rbf · w, w]`` and ``[rbf · w/d, w/d]`` [B, N, N, R + 1], computed once per batch
+        and shared by every block: a linear filter of them is ``(W rbf + b) · w`` (resp. w/d),
+        the cutoff weight folded into the filter's matmul (no [B, N, N, F] product per gate)."""
+        if self._filter_inputs is None:
+            w, wd = self.weight.unsqueeze(-1), self.weight_over_d.unsqueeze(-1)
+            self._filter_inputs = (torch.cat([self.rbf * w, w], -1), torch.cat([self.rbf * wd, wd], -1))
+        return self._filter_inputs
 
     @property
     def pos_and_one(self) -> Tensor:
@@ -129,22 +140,28 @@ class PainnMessage(nn.Module):
 
         ``v_is_zero`` (first block): the terms in v vanish exactly and are skipped.
         """
-        x = self.phi(s).unsqueeze(1) * self.filter(pairs.rbf)  # [B, i, j, G·F]
-        gates = torch.split(x, self.features, dim=-1)
-        w = pairs.weight.unsqueeze(-1)
-        w_over_d = pairs.weight_over_d.unsqueeze(-1)
+        F = self.features
+        phi = self.phi(s).unsqueeze(1)  # [B, 1, j, G·F]: φ(s_j)
+        # (W rbf + b) · f_cut (gates a, b) and · f_cut / d (c', e') as one matmul each of the
+        # cutoff-weighted radial features; the first block needs only a and c'
+        weight = torch.cat([self.filter.weight, self.filter.bias.unsqueeze(1)], 1)  # [G·F, R + 1]
+        rbf_w, rbf_wd = pairs.filter_inputs
+        n_w = F if v_is_zero else 2 * F  # a (, b)
+        c_rows = slice(2 * F, 3 * F) if v_is_zero or not self.cross_product else slice(2 * F, 4 * F)  # c' (, e')
+        x_w = phi[..., :n_w] * nn.functional.linear(rbf_w, weight[:n_w])  # [B, i, j, F or 2F]
+        x_wd = phi[..., c_rows] * nn.functional.linear(rbf_wd, weight[c_rows])
         pos = pairs.pos.unsqueeze(-1)  # [B, N, 3, 1]
-        ds = (gates[0] * w).sum(2)
+        ds = x_w[..., :F].sum(2)
         # Σ_j c'_ij x_j and Σ_j c'_ij in one matmul ([x_j; 1] has no channel axis): [B, i, 4, F]
-        sums = torch.matmul(pairs.pos_and_one.unsqueeze(1), gates[2] * w_over_d)
+        sums = torch.matmul(pairs.pos_and_one.unsqueeze(1), x_wd[..., :F])
         dv = sums[:, :, :3] - pos * sums[:, :, 3:]
         if v_is_zero:
             return ds, dv
-        dv = dv + sum_over_senders(gates[1] * w, v)
+        dv = dv + sum_over_senders(x_w[..., F:], v)
         if self.cross_product:
             pos_f = pos.expand_as(v)
             v_cross_x = _cross(v, pos_f)
-            sums = sum_over_senders(gates[3] * w_over_d, torch.cat([v_cross_x, v], dim=2))
+            sums = sum_over_senders(x_wd[..., F:], torch.cat([v_cross_x, v], dim=2))
             dv = dv + sums[:, :, :3] - _cross(sums[:, :, 3:], pos_f)
         return ds, dv
 

@@ -34,16 +34,35 @@ def batch_from_records(records: Sequence[ConformerRecord]):
     return make_batch([r.elements for r in records], [r.coords for r in records])
 
 
-def bucketed_batches(n_atoms: np.ndarray, ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of molecules of similar size.
+#: Molecules sorted together by :func:`bucketed_batches`: this many batches' worth. On all of QM9
+#: (B = 32) the padded pairs Σ B·N_max² are 1.8 % above the real Σ n² at 64 (16: 6.7 %, a
+#: whole-epoch sort: 0.03 %, random batches: 74 %); unlike a whole-epoch sort, a molecule's batch
+#: companions change from epoch to epoch.
+BUCKET_CHUNK_BATCHES = 64
 
-    Sort ``ids`` by atom count with random tie-breaking, cut into batches, shuffle the batch
-    order. Every id appears exactly once.
+
+def bucketed_batches(
+    n_atoms: np.ndarray, ids: np.ndarray, batch_size: int, rng: np.random.Generator,
+    chunk_batches: int | None = BUCKET_CHUNK_BATCHES,
+) -> list[np.ndarray]:
+    """Shuffled batches of molecules of similar size (padding waste is quadratic in a batch's
+    largest molecule).
+
+    Shuffle ``ids``, cut them into chunks of ``chunk_batches × batch_size`` molecules, sort each
+    chunk by atom count (ties keep the shuffled order), cut it into batches, shuffle the batch
+    order. ``chunk_batches=None`` sorts the whole epoch at once. Every id appears exactly once;
+    only the epoch's last batch can be short (``ceil(len(ids) / batch_size)`` batches). The order
+    depends on ``rng`` alone, so the same seed gives every DDP rank the same global order and a
+    resumed run the same epoch.
     """
     ids = np.asarray(ids)
-    jitter = rng.random(len(ids))
-    order = ids[np.lexsort((jitter, n_atoms[ids]))]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = ids[rng.permutation(len(ids))]
+    chunk = batch_size * chunk_batches if chunk_batches else max(len(order), 1)
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(n_atoms[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -87,3 +106,53 @@ def size_sorted_batches(n_atoms: Sequence[int], batch_size: int) -> list[list[in
     :func:`pair_budget_batches`. Inference batching: similar sizes (less padding), bounded memory."""
     order = sorted(range(len(n_atoms)), key=lambda i: n_atoms[i])
     return [[order[k] for k in batch] for batch in pair_budget_batches([n_atoms[i] for i in order], batch_size)]
+
+
+#: Fixed cost of one more dense sub-batch in :func:`size_groups`, in padded atom pairs (the
+#: per-call overhead of ~100 small ops, forward and backward, ≈ a few hundred pairs' work on CPU).
+GROUP_COST_PAIRS = 500
+
+
+def size_groups(n_atoms: Sequence[int], max_groups: int = 4, group_cost: float = GROUP_COST_PAIRS) -> list[np.ndarray]:
+    """Split one batch of molecules of mixed size into at most ``max_groups`` sub-batches of
+    similar size, for a dense [B, N, N, F] model run once per sub-batch.
+
+    Positions 0..len-1 are sorted by atom count and cut where ``Σ_g (|g| · N_g² + group_cost)``
+    (padded pairs, N_g the group's largest molecule) is least — exact, by dynamic programming
+    over the cut points. Returns index arrays into ``n_atoms``, smallest molecules first; their
+    concatenation is a permutation of 0..len-1. Per-molecule outputs are the same as from one
+    padded batch (padding never changes a molecule's result), at a fraction of the pairs when a
+    random batch holds one large molecule among small ones.
+    """
+    n = np.asarray(n_atoms, dtype=np.int64)
+    order = np.argsort(n, kind="stable")
+    size = n[order].astype(np.float64)
+    m = len(size)
+    if m == 0:
+        return []
+    # best[b]: least cost of the first b molecules (sorted) in the groups so far; cut[k][b]: start
+    # of the last group in that optimum
+    positions = np.arange(m + 1)
+    best = np.full(m + 1, np.inf)
+    best[0] = 0.0
+    cuts = []
+    for _ in range(max(1, max_groups)):
+        new = np.full(m + 1, np.inf)
+        arg = np.zeros(m + 1, dtype=np.int64)
+        for b in range(1, m + 1):
+            cost = best[:b] + (b - positions[:b]) * size[b - 1] ** 2 + group_cost
+            a = int(np.argmin(cost))
+            new[b], arg[b] = cost[a], a
+        if new[m] >= best[m]:  # one more group does not pay
+            break
+        best = new
+        cuts.append(arg)
+    groups = []
+    b = m
+    for arg in reversed(cuts):
+        a = int(arg[b])
+        groups.append(order[a:b])
+        b = a
+        if b == 0:
+            break
+    return groups[::-1]
