@@ -70,6 +70,8 @@ def train(
     coord_noise: Optional[float] = typer.Option(None, help="Denoising: std (Å) of Gaussian noise on the input "
                                                 "coordinates; the target stays clean (default: 0)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
+    lambda_smooth: Optional[float] = typer.Option(None, "--lambda-smooth", help="Weight of the code-smoothness term: "
+                                                  "how far --coord-noise moves z, over the batch's spread of z (default: 0)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights "
                                              "(same parameter shapes; fresh optimizer and schedule)."),
     max_molecules: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many molecules."),
@@ -113,7 +115,7 @@ def train(
                       val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                       time_limit_minutes=time_limit, checkpoint_every=checkpoint_every,
                       conformer_sampling=conformer_sampling, num_workers=num_workers,
-                      coord_noise=coord_noise, weight_decay=weight_decay,
+                      coord_noise=coord_noise, weight_decay=weight_decay, lambda_smooth=lambda_smooth,
                       init_from=str(init_from) if init_from else None)
     for k, v in model_opts.items():
         if v is not None:

@@ -74,6 +74,8 @@ class TrainConfig:
     lambda_type: float = 1.0
     lambda_perm: float = 0.025
     coord_noise: float = 0.0  # std (Å) of Gaussian noise on input coordinates while training
+    # weight of the code-smoothness term (training.code_smoothness; needs coord_noise > 0)
+    lambda_smooth: float = 0.0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0

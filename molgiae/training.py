@@ -255,6 +255,21 @@ class _Collate:
         return batch_from_set(self.data, ids), weight, n_global
 
 
+# ----------------------------------------------------------------------------- objective terms
+def code_smoothness(noisy_z: torch.Tensor, clean_z: torch.Tensor) -> torch.Tensor:
+    """How far input noise moves the code, relative to how far apart the batch's codes are:
+    ``mean_i |z̃_i − z_i|² / mean_{i≠j} |z_i − z_j|²`` (scale-free: shrinking z does not lower it).
+
+    noisy_z [B, D] (with gradient), clean_z [B, D] (a constant target) → scalar. 0 for B < 2.
+    """
+    B = clean_z.shape[0]
+    if B < 2:
+        return noisy_z.sum() * 0.0
+    clean_z = clean_z.detach().float()
+    spread = torch.cdist(clean_z, clean_z).pow(2).sum() / (B * (B - 1))
+    return ((noisy_z.float() - clean_z) ** 2).sum(-1).mean() / spread.clamp_min(1e-12)
+
+
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class RunState:
@@ -503,6 +518,10 @@ def train(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out_ = net(mols, permutation="straight_through", tau=tc.tau)
                 parts = reconstruction_loss(out_, target, tc.lambda_type, tc.lambda_perm)
+                if tc.lambda_smooth > 0 and tc.coord_noise > 0:
+                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        clean_z = model.encode(target).z
+                    parts["loss"] = parts["loss"] + tc.lambda_smooth * code_smoothness(out_.encoding.z, clean_z)
                 optimizer.zero_grad(set_to_none=True)
                 if dist_info.enabled:
                     # DDP averages gradients over ranks: world * weight makes the sum of the

@@ -110,3 +110,30 @@ def test_bf16_autocast_runs_and_keeps_the_group_action_in_float32():
     assert torch.allclose(R @ R.transpose(1, 2), eye, atol=1e-5)
     ref = reconstruction_loss(out32, mols)["loss"]
     assert torch.isfinite(loss) and abs(float(loss) - float(ref)) < 0.05 * float(ref)
+
+
+def test_code_smoothness_is_scale_free_and_zero_without_noise():
+    from molgiae.training import code_smoothness
+
+    torch.manual_seed(0)
+    clean = torch.randn(8, 16)
+    noisy = clean + 0.1 * torch.randn(8, 16)
+    value = code_smoothness(noisy, clean)
+    assert float(code_smoothness(clean.clone(), clean)) == 0.0
+    assert torch.allclose(code_smoothness(10 * noisy, 10 * clean), value)  # shrinking z does not help
+    # by hand: mean squared move over the mean squared distance between different codes
+    pair = torch.cdist(clean, clean).pow(2).sum() / (8 * 7)
+    assert torch.allclose(value, ((noisy - clean) ** 2).sum(-1).mean() / pair)
+    noisy.requires_grad_(True)
+    code_smoothness(noisy, clean).backward()
+    assert noisy.grad.abs().sum() > 0
+
+
+def test_training_with_the_smoothness_term_runs_and_records_it(tmp_path):
+    splits = split_ids(DATA.keys, 0.1, 0.1, 0)
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1, decoder="transformer"),
+                 TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_steps=1, coord_noise=0.1, lambda_smooth=2.0))
+    state = train(cfg, DATA, splits, tmp_path, quiet=True, log=lambda m: None)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert state.step > 0 and ckpt["config"]["train"]["lambda_smooth"] == 2.0
+    assert np.isfinite(state.history[-1]["train_loss"])
