@@ -37,6 +37,9 @@ def _open_model(model: Optional[Path], device: str = "cpu"):
 
 
 # ----------------------------------------------------------------------------- train
+#: files `train` / `finetune` write into their run directory (never one of the data files)
+RUN_FILES = ("config.json", "split.json", "last.pt", "best.pt", "metrics.csv", "learning_curve.png")
+FINETUNE_FILES = ("metrics.csv", "result.json", "predictions.csv", "finetuned.pt", "learning_curve.png")
 # ``--data A B C`` as well as ``--data A --data B``: extra positional arguments are more data paths.
 MULTI_PATH = {"allow_extra_args": True}
 
@@ -123,6 +126,7 @@ def train(
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         fail(f"data file(s) not found: {', '.join(missing)}")
+    _check_run_dir(out, data, RUN_FILES)
     dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
     splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
     too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
@@ -276,11 +280,29 @@ def _reader_options(num_conformers: int, seed: int, smiles_column: Optional[str]
     return {"num_conformers": num_conformers, "seed": seed, "smiles_column": smiles_column}
 
 
-def _check_out_dir(out: Path) -> None:
+def _check_out_dir(out: Path, inputs=()) -> None:
+    """A usable output path that is none of the inputs (same file, link or hard link)."""
+    from molgiae.outputs import OutputIsInputError, refuse_input_as_output
+
     if out.is_dir():
         fail(f"output path is a directory: {out}")
     if not out.parent.is_dir():
         fail(f"output directory does not exist: {out.parent}")
+    try:
+        refuse_input_as_output(out, inputs)
+    except OutputIsInputError as exc:
+        fail(str(exc))
+
+
+def _check_run_dir(out: Path, data, written: tuple[str, ...]) -> None:
+    """No data file is one of the files a run writes into ``out``."""
+    from molgiae.outputs import OutputIsInputError, refuse_input_as_output
+
+    for name in written:
+        try:
+            refuse_input_as_output(out / name, data)
+        except OutputIsInputError as exc:
+            fail(str(exc))
 
 
 def _files_word(n: int) -> str:
@@ -317,7 +339,7 @@ def embed(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--shard") from None
     options = _reader_options(num_conformers, seed, smiles_column)
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     m = _open_model(model, device)
     with _Feedback("embed", quiet) as fb:
         try:
@@ -357,7 +379,7 @@ def reconstruct(
     from molgiae.embedding import NothingWrittenError, reconstruct_to_sdf
 
     options = _reader_options(num_conformers, seed, smiles_column)
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     m = _open_model(model, device)
     with _Feedback("reconstruct", quiet) as fb:
         try:
@@ -382,7 +404,7 @@ def merge(
     """Merge embed shards into one file, rows in input order (as an unsharded run writes them)."""
     from molgiae.embedding import MergeError, merge_hdf5
 
-    _check_out_dir(out)
+    _check_out_dir(out, shards)
     try:
         s = merge_hdf5(shards, out)
     except MergeError as exc:
@@ -410,7 +432,7 @@ def map_(
         fail(f"labels file not found: {labels}")
     if labels is not None and color_by is None:
         raise typer.BadParameter("--labels needs --color-by COLUMN", param_hint="--color-by")
-    _check_out_dir(out)
+    _check_out_dir(out, [h5] + ([labels] if labels is not None else []))
     from molgiae.embedding import embedding_map
 
     try:
@@ -498,6 +520,7 @@ def finetune_cmd(
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         fail(f"data file(s) not found: {', '.join(missing)}")
+    _check_run_dir(out, data, FINETUNE_FILES)
     import torch
 
     from molgiae.data.loading import load_conformers
@@ -560,7 +583,7 @@ def predict_cmd(
     from molgiae.training import CheckpointError, select_device
 
     options = _reader_options(num_conformers, seed, smiles_column)
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     try:
         predictor = load_predictor(model, device=select_device(device))
     except (CheckpointError, RuntimeError) as exc:
@@ -601,7 +624,7 @@ def data_prepare(
     """  # noqa: E501
     if group_by not in ("name", "smiles"):
         raise typer.BadParameter("use name or smiles", param_hint="--group-by")
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     from molgiae.data.store import prepare_store
 
     with _Feedback("prepare", quiet) as fb:

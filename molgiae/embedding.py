@@ -48,6 +48,7 @@ from molgiae.data.batching import size_sorted_batches
 from molgiae.data.molecules import perceive_smiles, rdkit_molecule
 from molgiae.data.read_ahead import position, read_positioned
 from molgiae.data.record import ConformerRecord, RecordError
+from molgiae.outputs import refuse_input_as_output, temp_path
 from molgiae.runtime import release_free_memory
 
 if TYPE_CHECKING:
@@ -191,7 +192,8 @@ def stream_results(
 
 
 def _temp_path(out: Path) -> Path:
-    return out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    """``OUT.tmp-<pid>`` (stale ones of dead processes are removed first: :mod:`molgiae.outputs`)."""
+    return temp_path(out)
 
 
 def _discard(path: Path) -> None:
@@ -311,6 +313,7 @@ def embed_to_hdf5(
 
     Raises NothingWrittenError (and leaves no file) when no conformer could be embedded.
     """
+    refuse_input_as_output(out, inputs)
     # the reader process perceives SMILES itself (once: a failed perception is not retried here)
     positioned, sources = read_positioned(inputs, reader_options, shard=shard, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
@@ -490,6 +493,7 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
         if not p.is_file():
             raise MergeError(f"shard file not found: {p}")
     out = Path(out)
+    refuse_input_as_output(out, shards)
     tmp = _temp_path(out)
     files = []
     try:
@@ -574,6 +578,7 @@ def reconstruct_to_sdf(
     from rdkit import Chem
 
     out = Path(out)
+    refuse_input_as_output(out, inputs)
     start = time.perf_counter()
     summary = ReconstructSummary(out=out)
     rmsds, accs = array("d"), array("d")
@@ -667,6 +672,7 @@ def embedding_map(h5: Path, out_png: Path, method: str = "pca", color_by: str | 
     import h5py
     import matplotlib
 
+    refuse_input_as_output(out_png, [h5] + ([labels_csv] if labels_csv is not None else []))
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -190,8 +190,11 @@ def write_store(
 
     from molgiae import __version__
 
+    from molgiae.outputs import remove_stale_temps
+
     t0 = time.time()
     path = Path(path)
+    remove_stale_temps(path)  # .OUT.<pid>.tmp / .parts of runs that were killed
     tag = f".{path.name}.{os.getpid()}"
     spool_dir = path.with_name(tag + ".parts")
     tmp = path.with_name(tag + ".tmp")
@@ -290,7 +293,10 @@ def prepare_store(
     from them; see :mod:`molgiae.data.geom`)."""
     from molgiae.data.readers import iter_records
 
+    from molgiae.outputs import refuse_input_as_output
+
     inputs = [str(p) for p in inputs]
+    refuse_input_as_output(out, inputs, what="store")
     return write_store(iter_records(inputs, **reader_options), out, inputs=inputs, group_by=group_by,
                        on_error=on_error, progress=progress)
 

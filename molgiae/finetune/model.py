@@ -287,12 +287,15 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     from molgiae.data.record import RecordError
     from molgiae.embedding import NothingWrittenError, stream_results
 
+    from molgiae.outputs import refuse_input_as_output, temp_path
+
     out = Path(out)
+    refuse_input_as_output(out, inputs)
     start = time.perf_counter()
     summary = PredictSummary(out=out)
     positioned, sources = read_positioned(inputs, reader_options, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = temp_path(out)
     column = prediction_column(predictor.target)
     try:
         import csv

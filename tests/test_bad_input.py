@@ -1,0 +1,107 @@
+"""Nothing lost, nothing silently wrong: regression tests of the adversarial-run defects
+(issue 14). Real RDKit, ASE, h5py and torch; the tiny untrained model of conftest."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from molgiae.cli import app
+from molgiae.data.readers import iter_records, read_records
+from molgiae.data.record import ConformerRecord, RecordError
+from tests.molfiles import molblock, write_sdf
+
+runner = CliRunner()
+EXAMPLE_SDF = Path(__file__).parents[1] / "molgiae" / "examples" / "qm9_test_molecules.sdf"
+
+
+def run_cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _records(path) -> list:
+    return list(read_records(path))
+
+
+# --------------------------------------------------------------------------- 1. output = input
+
+
+@pytest.fixture
+def sdf_copy(tmp_path) -> Path:
+    p = tmp_path / "v.sdf"
+    shutil.copy(EXAMPLE_SDF, p)
+    return p
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize("command", ["embed", "reconstruct"])
+def test_output_that_is_an_input_is_refused(tiny_checkpoint, sdf_copy, tmp_path, how, command):
+    before = sdf_copy.read_bytes()
+    out = sdf_copy
+    if how == "symlink":
+        out = tmp_path / "link.sdf"
+        out.symlink_to(sdf_copy)
+    elif how == "hardlink":
+        out = tmp_path / "hard.sdf"
+        os.link(sdf_copy, out)
+    res = run_cli(command, sdf_copy, "-o", out, "--model", tiny_checkpoint, "-q", "--no-read-ahead")
+    assert res.exit_code == 1, res.output
+    assert "refusing to overwrite an input" in res.stderr
+    assert sdf_copy.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["v.sdf"] + ([out.name] if out != sdf_copy else []))
+
+
+def test_library_and_other_commands_refuse_an_input_as_output(tiny_model, tiny_checkpoint, sdf_copy, tmp_path):
+    from molgiae.data.store import prepare_store
+    from molgiae.embedding import embed_to_hdf5, merge_hdf5, reconstruct_to_sdf
+    from molgiae.outputs import OutputIsInputError
+
+    before = sdf_copy.read_bytes()
+    pattern = str(tmp_path / "*.sdf")
+    with pytest.raises(OutputIsInputError):
+        embed_to_hdf5(tiny_model, [pattern], sdf_copy)
+    with pytest.raises(OutputIsInputError):
+        reconstruct_to_sdf(tiny_model, [sdf_copy], sdf_copy)
+    with pytest.raises(OutputIsInputError):
+        prepare_store([sdf_copy], sdf_copy)
+    assert sdf_copy.read_bytes() == before
+    h5 = tmp_path / "e.h5"
+    embed_to_hdf5(tiny_model, [sdf_copy], h5)
+    h5_bytes = h5.read_bytes()
+    with pytest.raises(OutputIsInputError):
+        merge_hdf5([h5], h5)
+    for args in (("merge", h5, "-o", h5), ("map", h5, "-o", h5), ("data", "prepare", sdf_copy, "-o", sdf_copy)):
+        res = run_cli(*args)
+        assert res.exit_code == 1 and "refusing to overwrite an input" in res.stderr, (args, res.output)
+    assert h5.read_bytes() == h5_bytes and sdf_copy.read_bytes() == before
+
+
+def test_train_refuses_data_that_is_a_run_file(tmp_path, qm9_fixture_npz):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(qm9_fixture_npz, run / "best.pt")  # absurd, but it must not be overwritten
+    res = run_cli("train", "--data", run / "best.pt", "--out", run, "--epochs", "1", "-q")
+    assert res.exit_code == 1 and "refusing to overwrite an input" in res.stderr, res.output
+
+
+def test_stale_temporary_outputs_of_dead_processes_are_removed(tiny_model, sdf_copy, tmp_path):
+    import subprocess
+    import sys
+
+    from molgiae.embedding import embed_to_hdf5
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "e.h5"
+    stale = tmp_path / f"e.h5.tmp-{dead}"
+    stale.write_text("left by a killed run")
+    alive = tmp_path / f"e.h5.tmp-{os.getppid()}"  # a running process: not touched
+    alive.write_text("still being written")
+    embed_to_hdf5(tiny_model, [sdf_copy], out)
+    assert out.is_file() and not stale.exists() and alive.exists()
