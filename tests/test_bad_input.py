@@ -105,3 +105,44 @@ def test_stale_temporary_outputs_of_dead_processes_are_removed(tiny_model, sdf_c
     alive.write_text("still being written")
     embed_to_hdf5(tiny_model, [sdf_copy], out)
     assert out.is_file() and not stale.exists() and alive.exists()
+
+
+# --------------------------------------------------------------------------- 2, 4. xyz framing
+
+WATER = "O 0.0 0.0 0.119\nH 0.0 0.763 -0.477\nH 0.0 -0.763 -0.477\n"
+METHANE = ("C 0.0 0.0 0.0\nH 0.629 0.629 0.629\nH -0.629 -0.629 0.629\nH -0.629 0.629 -0.629\n"
+           "H 0.629 -0.629 -0.629\n")
+
+
+@pytest.mark.parametrize("comment", ["gdb_1", "gdb 1", "gdb 1 from a plain file", "gdb"])
+def test_plain_xyz_whose_comment_starts_with_gdb_is_plain_xyz(tmp_path, comment):
+    p = tmp_path / "plain.xyz"
+    p.write_text(f"3\n{comment}\n{WATER}5\nsecond\n{METHANE}")
+    items = _records(p)
+    assert [type(i) for i in items] == [ConformerRecord, ConformerRecord], items
+    assert [i.n_atoms for i in items] == [3, 5] and items[1].name == "second"
+
+
+def test_count_line_too_small_is_an_error_and_the_next_frame_is_kept(tmp_path):
+    p = tmp_path / "small.xyz"
+    p.write_text(f"3\nwater\n{WATER}4\nmethane_cut\n{METHANE}3\nwater2\n{WATER}")
+    items = _records(p)
+    assert [type(i).__name__ for i in items] == ["ConformerRecord", "RecordError", "ConformerRecord"], items
+    assert items[0].name == "water" and items[2].name == "water2" and items[2].index == 2
+    assert "count is too small" in items[1].reason and "line 6" in items[1].reason
+
+
+def test_count_line_too_large_is_an_error_and_the_next_frame_is_kept(tmp_path):
+    p = tmp_path / "large.xyz"
+    p.write_text(f"3\nwater\n{WATER}7\nmethane_long\n{METHANE}3\nwater2\n{WATER}")
+    items = _records(p)
+    assert [type(i).__name__ for i in items] == ["ConformerRecord", "RecordError", "ConformerRecord"], items
+    assert items[2].name == "water2" and "count too large" in items[1].reason
+
+
+def test_unreadable_count_line_skips_to_the_next_frame(tmp_path):
+    p = tmp_path / "junk.xyz"
+    p.write_text(f"3\nwater\n{WATER}x3\nbroken\n{WATER}3\nwater2\n{WATER}")
+    items = _records(p)
+    assert [type(i).__name__ for i in items] == ["ConformerRecord", "RecordError", "ConformerRecord"], items
+    assert "expected an atom count" in items[1].reason and items[2].name == "water2"

@@ -24,9 +24,13 @@ Conventions
   with ETKDGv3, ``randomSeed = seed + line_number`` (1-based physical line), then MMFF.
 * ``.xyz``/``.extxyz``: frames are split on their atom-count lines here and each frame is
   parsed by ASE's extxyz reader, so reading is streaming and a bad frame does not end
-  the file (``ase.io.iread`` scans the whole file before yielding anything). Only an
-  unreadable atom-count line stops the file. Files whose second line starts with ``gdb``
-  are read as original QM9 ``dsgdb9nsd_*.xyz`` (``*^`` and ``E`` exponents both accepted).
+  the file (``ase.io.iread`` scans the whole file before yielding anything). A frame whose
+  count line is unreadable, too small (the line after its atoms is another atom line) or too
+  large (one of its atom lines is a count line) is an error, and reading resumes at the next
+  atom-count line. A file is read as original QM9 ``dsgdb9nsd_*.xyz`` (``*^`` and ``E``
+  exponents both accepted) only when its first frame has that structure: ``gdb <index>`` and
+  the 15 property values on line 2, 5-field atom lines; a plain comment starting ``gdb``
+  (``gdb_1``) stays plain xyz.
 * ``.sdf``/``.sd``/``.mol``: blocks are split on ``$$$$`` here and parsed one by one by
   RDKit (sanitised; if that fails, unsanitised), so a malformed block is one error and
   reading goes on. A conformer flagged 2-D by its molblock is an error ("no 3-D
@@ -47,6 +51,7 @@ import csv
 import glob
 import gzip
 import io
+import re
 import tarfile
 import zipfile
 import zlib
@@ -373,13 +378,39 @@ def _is_ensemble_npz(data) -> bool:
 # --------------------------------------------------------------------------- xyz (QM9 and extxyz)
 
 
+_COUNT_LINE = re.compile(r"^\s*\d+\s*$")
+
+
+def _is_count_line(line: str | None) -> bool:
+    return line is not None and _COUNT_LINE.match(line) is not None
+
+
+def _skip_to_count_line(stream: _LineStream) -> int:
+    """Drop lines up to the next atom-count line (left unread) or the end; → lines dropped."""
+    dropped = 0
+    while True:
+        line = stream.readline()
+        if line is None:
+            return dropped
+        if _is_count_line(line):
+            stream.unread(line)
+            return dropped
+        dropped += 1
+
+
 def _xyz_frames(stream: _LineStream, trailer: int) -> Iterator[tuple[int, list[str] | None, str]]:
     """Split xyz text into frames by their atom-count lines.
 
     Yields ``(first_line_number, frame_lines, "")`` per frame, each frame being the count
     line, the comment line, n atom lines, ``trailer`` more lines (3 for QM9) and, for
-    extxyz, any ``VEC`` lines. On an unreadable count line or a frame cut short by the end
-    of the file, yields ``(line_number, None, reason)`` and stops.
+    extxyz, any ``VEC`` lines. A frame that cannot be cut out is ``(line_number, None, reason)``
+    and reading resumes at the next atom-count line (a line holding only an integer):
+
+    * an unreadable count line;
+    * a count too large: one of the n "atom lines" is a count line (the next frame's), which
+      is left for the next frame;
+    * a count too small: the line after the frame's atoms is another atom line;
+    * a frame cut short by the end of the file.
     """
     while True:
         line = stream.readline()
@@ -388,26 +419,32 @@ def _xyz_frames(stream: _LineStream, trailer: int) -> Iterator[tuple[int, list[s
         if not line.strip():
             continue
         start = stream.lineno
-        try:
-            n = int(line.strip())
-            if n < 0:
-                raise ValueError
-        except ValueError:
+        if not _is_count_line(line):
+            dropped = _skip_to_count_line(stream)
             yield start, None, (
                 f"line {start}: expected an atom count, got {line.strip()[:40]!r}; "
-                f"cannot find the next frame, rest of file skipped"
+                f"{dropped + 1} line(s) skipped to the next atom-count line"
             )
-            return
+            continue
+        n = int(line.strip())
         frame = [line]
-        for _ in range(n + 1 + trailer):
+        short = None
+        for j in range(n + 1 + trailer):
             nxt = stream.readline()
             if nxt is None:
-                yield start, None, (
-                    f"file ends inside the frame starting on line {start} "
-                    f"({n} atoms announced, {max(len(frame) - 2, 0)} atom lines found)"
-                )
-                return
+                short = (f"file ends inside the frame starting on line {start} "
+                         f"({n} atoms announced, {max(len(frame) - 2, 0)} atom lines found)")
+                break
+            if 1 <= j <= n and _is_count_line(nxt):  # an atom line that is the next frame's count
+                stream.unread(nxt)
+                short = (f"the frame starting on line {start} announces {n} atoms but line {stream.lineno + 1} "
+                         f"is an atom-count line after {j - 1} atom lines (count too large, or atom lines "
+                         f"missing); read on from there")
+                break
             frame.append(nxt)
+        if short is not None:
+            yield start, None, short
+            continue
         while trailer == 0:
             nxt = stream.readline()
             if nxt is not None and nxt.lstrip().startswith("VEC"):
@@ -416,24 +453,83 @@ def _xyz_frames(stream: _LineStream, trailer: int) -> Iterator[tuple[int, list[s
             if nxt is not None:
                 stream.unread(nxt)
             break
-        yield start, frame, ""
+        after = stream.readline()
+        while after is not None and not after.strip():
+            after = stream.readline()
+        if not _looks_like_atom_line(after):  # the end, the next count line, or a bad one (next frame's error)
+            if after is not None:
+                stream.unread(after)
+            yield start, frame, ""
+            continue
+        line_after = stream.lineno
+        dropped = _skip_to_count_line(stream)
+        yield start, None, (
+            f"the frame starting on line {start} announces {n} atoms but line {line_after} after them is "
+            f"another atom line ({after.strip()[:40]!r}): the count is too small; frame not read, "
+            f"{dropped + 1} line(s) skipped to the next atom-count line"
+        )
+
+
+def _looks_like_atom_line(line: str | None) -> bool:
+    """``El x y z ...``: at least 4 fields, the 2nd to 4th numbers."""
+    if line is None:
+        return False
+    tokens = line.split()
+    if len(tokens) < 4:
+        return False
+    try:
+        [_qm9_float(t) for t in tokens[1:4]]
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_qm9(head: list[str]) -> bool:
+    """The first frame has the original QM9 layout: a count line, then ``gdb <index>`` and the 15
+    property values, then n atom lines of 5 fields (element, x, y, z, Mulliken charge)."""
+    if len(head) < 3 or not _is_count_line(head[0]):
+        return False
+    tokens = head[1].split()
+    if len(tokens) != 2 + len(QM9_PROPERTY_NAMES) or tokens[0] != "gdb" or not tokens[1].isdigit():
+        return False
+    try:
+        [_qm9_float(t) for t in tokens[2:]]
+    except ValueError:
+        return False
+    n = int(head[0])
+    atoms = head[2:2 + n]
+    return len(atoms) == n and all(len(a.split()) == 5 for a in atoms)
 
 
 def _read_xyz(lines: Iterable[str], source: str, opts: _Options, start: int = 0) -> Iterator[Item]:
-    """An xyz/extxyz text: original QM9 layout if line 2 starts with ``gdb``, else extxyz via ASE."""
+    """An xyz/extxyz text: the original QM9 layout when the first frame has its structure
+    (:func:`_looks_like_qm9`), else (ext)xyz via ASE. A comment that merely starts with ``gdb``
+    does not make a file QM9."""
     stream = _LineStream(lines)
-    first, second = stream.readline(), stream.readline()
-    qm9 = second is not None and second.lstrip().startswith("gdb")
-    for line in (second, first):
-        if line is not None:
-            stream.unread(line)
+    head: list[str] = []
+    first = stream.readline()
+    while first is not None and not first.strip():  # leading blank lines
+        head.append(first)
+        first = stream.readline()
+    lead = len(head)
+    if first is not None:
+        head.append(first)
+        n = int(first) if _is_count_line(first) else 0
+        for _ in range(min(n, 10_000) + 1):
+            line = stream.readline()
+            if line is None:
+                break
+            head.append(line)
+    qm9 = _looks_like_qm9(head[lead:])
+    for line in reversed(head):
+        stream.unread(line)
     parse = _qm9_record if qm9 else _extxyz_record
     index = start
     for lineno, frame, reason in _xyz_frames(stream, trailer=3 if qm9 else 0):
         if frame is None:
             yield RecordError(source, index, reason)
-            return
-        yield parse(frame, source, index, lineno)
+        else:
+            yield parse(frame, source, index, lineno)
         index += 1
 
 
