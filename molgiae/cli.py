@@ -318,6 +318,8 @@ def embed(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only records whose global position p has "
                                                    "p % N == I (0-based I); merge the shards with `molgiae merge`."),
+    max_atoms: int = typer.Option(500, "--max-atoms", min=1, help="Records with more atoms are skipped with a "
+                                                                 "reason (memory grows with atoms²: ~0.25 GiB at 500)."),
     num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
     seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
@@ -345,7 +347,7 @@ def embed(
         try:
             s = embed_to_hdf5(m, inputs, out, batch_size=batch_size, shard=shard_spec, reader_options=options,
                               progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles,
-                              read_ahead=read_ahead)
+                              read_ahead=read_ahead, max_atoms=max_atoms)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"embedded {s.n_embedded} conformers from {_files_word(s.n_files)}; {s.n_failed} failed"
@@ -563,6 +565,8 @@ def predict_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV (replaced atomically)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    max_atoms: int = typer.Option(500, "--max-atoms", min=1, help="Records with more atoms are skipped with a "
+                                                                 "reason (memory grows with atoms²: ~0.25 GiB at 500)."),
     num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
     seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
@@ -592,7 +596,7 @@ def predict_cmd(
         try:
             s = predict_to_csv(predictor, inputs, out, batch_size=batch_size, reader_options=options,
                                progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles,
-                               read_ahead=read_ahead)
+                               read_ahead=read_ahead, max_atoms=max_atoms)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"predicted {prediction_column(predictor.target)} for {s.n_predicted} conformers from "

@@ -128,31 +128,73 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool) -> Item:
+#: Default per-molecule atom cap of the batch jobs (``--max-atoms``). The model's pair tensors are
+#: dense ([B, N, N, F]): about 1 KiB per atom pair with the default model, so 500 atoms need about
+#: 0.25 GiB and 2,000 atoms 4 GiB for one molecule. Larger records are error rows, not a crash.
+DEFAULT_MAX_ATOMS = 500
+_BYTES_PER_PAIR = 1024
+
+
+def too_many_atoms(n_atoms: int, max_atoms: int | None) -> str | None:
+    """The error reason of a record above the atom cap, or None."""
+    if max_atoms is None or n_atoms <= max_atoms:
+        return None
+    gib = n_atoms * n_atoms * _BYTES_PER_PAIR / 2**30
+    return (f"{n_atoms} atoms: above --max-atoms={max_atoms} (the model's dense pair tensors would need "
+            f"about {gib:.1f} GiB for this molecule); raise --max-atoms to try it")
+
+
+def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool, max_atoms: int | None = None) -> Item:
     """The record itself, or a RecordError saying why this model cannot take it."""
     if isinstance(item, RecordError):
         return item
-    reason = model.check(item, reconstruct=reconstruct)
+    reason = model.check(item, reconstruct=reconstruct) or too_many_atoms(item.n_atoms, max_atoms)
     return item if reason is None else RecordError(item.source, item.index, reason, item.name)
 
 
+class _Failed:
+    """The result slot of a record whose model call failed on its own."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _run_batch(process: Callable[[list[ConformerRecord]], Sequence], records: list[ConformerRecord]) -> list:
+    """``process(records)``; if it fails (out of memory, a model error), each record again on its own,
+    so one bad molecule never takes the others down. A record that fails alone gets a ``_Failed``."""
+    try:
+        return list(process(records))
+    except Exception as exc:  # noqa: BLE001 - MemoryError, torch's RuntimeError (incl. CUDA OOM), ...
+        if len(records) == 1:
+            return [_Failed(f"the model failed on this molecule ({type(exc).__name__}: {str(exc)[:300]})")]
+    out = []  # (outside the except block: the failed batch's tensors are freed before the retries)
+    for rec in records:
+        out.extend(_run_batch(process, [rec]))
+    return out
+
+
 def _process_window(window: list[tuple[int, Item]], process: Callable[[list[ConformerRecord]], Sequence],
-                    batch_size: int) -> Iterator[tuple[int, Item, Any]]:
+                    batch_size: int, on_error: OnError | None = None) -> Iterator[tuple[int, Item, Any]]:
     """Run ``process`` on the window's records in size-sorted batches (at most ``batch_size``
     records and a bounded number of atom pairs each: :func:`~molgiae.data.batching.size_sorted_batches`);
     yield in window order.
 
     Yields ``(position, item, result)``: result is the item's row of ``process``'s output, or
-    None for errors.
+    None for errors. A batch whose call fails is retried one record at a time; a record that
+    fails on its own becomes a RecordError (passed to ``on_error``).
     """
     valid = [k for k, (_, item) in enumerate(window) if isinstance(item, ConformerRecord)]
     results: list[Any] = [None] * len(window)
     # largest batch first: later, smaller batches reuse its freed blocks instead of growing the heap
     for batch in reversed(size_sorted_batches([window[k][1].n_atoms for k in valid], batch_size)):
         ks = [valid[b] for b in batch]
-        for k, res in zip(ks, process([window[k][1] for k in ks])):
+        for k, res in zip(ks, _run_batch(process, [window[k][1] for k in ks])):
             results[k] = res
     for (pos, item), res in zip(window, results):
+        if isinstance(res, _Failed):
+            item, res = RecordError(item.source, item.index, res.reason, item.name), None
+            if on_error is not None:
+                on_error(item)
         yield pos, item, res
 
 
@@ -166,10 +208,13 @@ def stream_results(
     window_batches: int = DEFAULT_WINDOW_BATCHES,
     progress: Progress | None = None,
     on_error: OnError | None = None,
+    max_atoms: int | None = None,
 ) -> Iterator[tuple[int, Item, Any]]:
     """Check positioned items against the model and process the good ones, streaming.
 
     Holds at most ``window_batches * batch_size`` items (records or errors) at a time.
+    Records above ``max_atoms`` atoms are errors (:func:`too_many_atoms`), and a record on
+    which the model call fails is an error too (its batch is retried record by record).
     ``on_error`` sees each failed item as soon as it is read; ``progress(k)`` is told of every
     item read. Yields ``(position, ConformerRecord | RecordError, result | None)`` in input order.
     """
@@ -178,17 +223,17 @@ def stream_results(
     capacity = batch_size * max(1, window_batches)
     window: list[tuple[int, Item]] = []
     for pos, item in items:
-        item = _checked(model, item, reconstruct)
+        item = _checked(model, item, reconstruct, max_atoms)
         if isinstance(item, RecordError) and on_error is not None:
             on_error(item)
         window.append((pos, item))
         if progress is not None:
             progress(1)
         if len(window) >= capacity:
-            yield from _process_window(window, process, batch_size)
+            yield from _process_window(window, process, batch_size, on_error)
             window = []
             release_free_memory()  # resident memory flat in the number of molecules
-    yield from _process_window(window, process, batch_size)
+    yield from _process_window(window, process, batch_size, on_error)
 
 
 def _temp_path(out: Path) -> Path:
@@ -294,6 +339,7 @@ def embed_to_hdf5(
     smiles: bool = True,
     window_batches: int = DEFAULT_WINDOW_BATCHES,
     read_ahead: bool = False,
+    max_atoms: int | None = DEFAULT_MAX_ATOMS,
 ) -> EmbedSummary:
     """Embed every conformer of ``inputs`` (files or glob patterns) into the HDF5 file ``out``.
 
@@ -310,6 +356,7 @@ def embed_to_hdf5(
         window_batches: read-ahead window, in batches, for size bucketing.
         read_ahead: read (and perceive SMILES) in a child process, overlapping the model
             (:mod:`molgiae.data.read_ahead`; ``molgiae embed`` does).
+        max_atoms: records with more atoms are error rows (memory bound; None: no cap).
 
     Raises NothingWrittenError (and leaves no file) when no conformer could be embedded.
     """
@@ -319,7 +366,7 @@ def embed_to_hdf5(
                                           read_ahead=read_ahead)
     return _embed_positioned(model, positioned, sources, out, inputs=[str(p) for p in inputs], batch_size=batch_size,
                              shard=shard, progress=progress, on_error=on_error, smiles=smiles and not read_ahead,
-                             window_batches=window_batches)
+                             window_batches=window_batches, max_atoms=max_atoms)
 
 
 def embed_items_to_hdf5(
@@ -334,13 +381,14 @@ def embed_items_to_hdf5(
     on_error: OnError | None = None,
     smiles: bool = True,
     window_batches: int = DEFAULT_WINDOW_BATCHES,
+    max_atoms: int | None = DEFAULT_MAX_ATOMS,
 ) -> EmbedSummary:
     """:func:`embed_to_hdf5` on a stream of records/errors (e.g. ``iter_records(...)``);
     ``inputs`` is only recorded in the file's attributes."""
     sources: set[str] = set()
     return _embed_positioned(model, position(items, shard, sources=sources), sources, out, inputs=inputs,
                              batch_size=batch_size, shard=shard, progress=progress, on_error=on_error,
-                             smiles=smiles, window_batches=window_batches)
+                             smiles=smiles, window_batches=window_batches, max_atoms=max_atoms)
 
 
 def _embed_positioned(
@@ -356,6 +404,7 @@ def _embed_positioned(
     on_error: OnError | None,
     smiles: bool,
     window_batches: int,
+    max_atoms: int | None,
 ) -> EmbedSummary:
     """The embedding loop over this shard's ``(position, item)`` pairs; ``sources`` is read at the end."""
     out = Path(out)
@@ -374,7 +423,7 @@ def _embed_positioned(
         try:
             results = stream_results(model, positioned, model.embed_records,
                                      batch_size=batch_size, window_batches=window_batches,
-                                     progress=progress, on_error=on_error)
+                                     progress=progress, on_error=on_error, max_atoms=max_atoms)
             for pos, item, z in results:
                 summary.n_records += 1
                 if isinstance(item, RecordError):

@@ -146,3 +146,57 @@ def test_unreadable_count_line_skips_to_the_next_frame(tmp_path):
     items = _records(p)
     assert [type(i).__name__ for i in items] == ["ConformerRecord", "RecordError", "ConformerRecord"], items
     assert "expected an atom count" in items[1].reason and items[2].name == "water2"
+
+
+# --------------------------------------------------------------------------- 3. memory per molecule
+
+
+def _grid_record(n: int, name: str) -> ConformerRecord:
+    """n carbon atoms on a 1.5 Å grid (a big, valid geometry)."""
+    side = int(np.ceil(n ** (1 / 3)))
+    pts = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)][:n], float) * 1.5
+    return ConformerRecord(elements=[6] * n, coords=pts, name=name, source="big.xyz")
+
+
+def test_molecule_above_max_atoms_is_an_error_row_and_the_rest_is_embedded(tiny_checkpoint, tmp_path):
+    import ase.io
+    from ase import Atoms
+
+    big = _grid_record(2261, "huge")
+    frames = [Atoms("OH2", positions=[[0, 0, 0.119], [0, 0.763, -0.477], [0, -0.763, -0.477]]),
+              Atoms(numbers=big.elements, positions=big.coords),
+              Atoms("OH2", positions=[[0, 0, 0.119], [0, 0.763, -0.477], [0, -0.763, -0.477]])]
+    xyz = tmp_path / "mixed.xyz"
+    ase.io.write(xyz, frames, format="extxyz")
+    out = tmp_path / "e.h5"
+    res = run_cli("embed", xyz, "-o", out, "--model", tiny_checkpoint, "--no-read-ahead")
+    assert res.exit_code == 0, res.output
+    assert "2261 atoms: above --max-atoms=500" in res.stderr and "GiB" in res.stderr
+    with h5py.File(out) as f:
+        assert f["record"][:].tolist() == [0, 2] and f["errors/record"][:].tolist() == [1]
+    res = run_cli("embed", xyz, "-o", out, "--model", tiny_checkpoint, "--no-read-ahead", "--max-atoms", "2",
+                  "-q")
+    assert res.exit_code == 1 and "nothing was embedded" in res.stderr
+
+
+def test_a_failing_batch_is_retried_record_by_record(tiny_model, qm9_fixture_npz):
+    """A model call that fails (out of memory, a model error) takes only its own molecule down."""
+    from molgiae.data.read_ahead import position
+    from molgiae.embedding import stream_results
+
+    records = list(iter_records(qm9_fixture_npz))[:40]
+    bomb = records[17].name
+
+    def process(recs):
+        if any(r.name == bomb for r in recs):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 5.2 GB")
+        return tiny_model.embed_records(recs)
+
+    reported = []
+    out = list(stream_results(tiny_model, position(records), process, batch_size=8, on_error=reported.append))
+    bad = [item for _, item, _ in out if isinstance(item, RecordError)]
+    assert [e.name for e in bad] == [bomb] and reported == bad and "can't allocate memory" in bad[0].reason
+    good = [(item, z) for _, item, z in out if isinstance(item, ConformerRecord)]
+    assert len(good) == 39
+    ref = tiny_model.embed_records([item for item, _ in good])
+    np.testing.assert_allclose(np.stack([z for _, z in good]), ref, atol=1e-5)

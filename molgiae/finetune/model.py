@@ -270,7 +270,7 @@ class PredictSummary:
 
 def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], out: str | Path, *,
                    batch_size: int = 64, reader_options: dict | None = None, progress=None, on_error=None,
-                   smiles: bool = True, read_ahead: bool = False) -> PredictSummary:
+                   smiles: bool = True, read_ahead: bool = False, max_atoms: int | None = 500) -> PredictSummary:
     """Predict the target for every conformer of ``inputs`` (any format of the readers) into a CSV.
 
     Columns: source, record, name, smiles, n_atoms, ``<target>_<unit>``; rows in input order.
@@ -278,6 +278,7 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     ``molgiae embed``). The file is written to a temporary name and renamed; when nothing could
     be predicted, :class:`molgiae.embedding.NothingWrittenError` is raised and no file is left.
     ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
+    ``max_atoms``: records with more atoms are errors (memory bound; None: no cap).
     """
     import os
     import time
@@ -304,7 +305,8 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
             w = csv.writer(fh)
             w.writerow(["source", "record", "name", "smiles", "n_atoms", column])
             for _, item, value in stream_results(predictor, positioned, predictor.predict_records,
-                                                 batch_size=batch_size, progress=progress, on_error=on_error):
+                                                 batch_size=batch_size, progress=progress, on_error=on_error,
+                                                 max_atoms=max_atoms):
                 summary.n_records += 1
                 if isinstance(item, RecordError):
                     summary.n_failed += 1
