@@ -17,7 +17,8 @@ HDF5 layout of :func:`embed_to_hdf5` (N embedded conformers, D = embedding size)
     source        utf-8   [N]     the file it was read from, as given
     record        int64   [N]     0-based record index in that file
     smiles        utf-8   [N]     reader's SMILES, else perceived from 3-D geometry, else ""
-    n_atoms       int32   [N]
+    n_atoms       int32   [N]     atoms embedded, including hydrogens added by the reader
+    hydrogens_added int32 [N]     hydrogens the reader added (SD record drawn without them), else 0
     input_order   int64   [N]     global position among all records of all inputs
     errors/       group, one row per failed record (K rows):
         source utf-8 [K], record int64 [K] (-1: whole file), name utf-8 [K],
@@ -59,7 +60,7 @@ Progress = Callable[[int], Any]
 OnError = Callable[[RecordError], Any]
 
 FORMAT = "molgiae-embeddings-1"
-ROW_DATASETS = ("embedding", "name", "source", "record", "smiles", "n_atoms", "input_order")
+ROW_DATASETS = ("embedding", "name", "source", "record", "smiles", "n_atoms", "hydrogens_added", "input_order")
 ERROR_DATASETS = ("source", "record", "name", "reason", "input_order")
 DEFAULT_WINDOW_BATCHES = 64
 H5_CHUNK_ROWS = 1024
@@ -268,7 +269,7 @@ class _EmbeddingWriter:
         self.rows = _Table(self.f, {
             "embedding": (np.float32, (dim,)), "name": (text, ()), "source": (text, ()),
             "record": (np.int64, ()), "smiles": (text, ()), "n_atoms": (np.int32, ()),
-            "input_order": (np.int64, ()),
+            "hydrogens_added": (np.int32, ()), "input_order": (np.int64, ()),
         }, chunk)
         self.errors = _Table(self.f.create_group("errors"), {
             "source": (text, ()), "record": (np.int64, ()), "name": (text, ()),
@@ -277,7 +278,8 @@ class _EmbeddingWriter:
 
     def add_row(self, pos: int, record: ConformerRecord, z: np.ndarray, smiles: str) -> None:
         self.rows.add(embedding=z, name=record.name, source=record.source, record=record.index,
-                      smiles=smiles, n_atoms=record.n_atoms, input_order=pos)
+                      smiles=smiles, n_atoms=record.n_atoms, hydrogens_added=record.hydrogens_added,
+                      input_order=pos)
 
     def add_error(self, pos: int, error: RecordError) -> None:
         self.errors.add(source=error.source, record=error.index, name=error.name,
@@ -561,7 +563,8 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
             g.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             g.attrs["n_embedded"] = len(row_plan)
             g.attrs["n_errors"] = len(err_plan)
-            _merge_group([{k: f[k] for k in ROW_DATASETS} for f in files], g, row_plan)
+            common = [k for k in ROW_DATASETS if all(k in f for f in files)]  # older files: no hydrogens_added
+            _merge_group([{k: f[k] for k in common} for f in files], g, row_plan)
             _merge_group([f["errors"] for f in files], g.create_group("errors"), err_plan)
         os.replace(tmp, out)
     except BaseException:
@@ -599,6 +602,9 @@ def _sdf_molecule(rec: "ReconstructedMolecule"):
     mol.SetProp("molgiae_element_accuracy", f"{rec.element_accuracy:.6f}")
     mol.SetProp("molgiae_source", rec.record.source)
     mol.SetProp("molgiae_record", str(rec.record.index))
+    if rec.record.hydrogens_added:
+        mol.SetProp("molgiae_hydrogens_added", f"{rec.record.hydrogens_added} (the input record had no explicit "
+                                                "hydrogens; they were added with RDKit AddHs(addCoords=True))")
     return mol
 
 

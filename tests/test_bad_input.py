@@ -200,3 +200,85 @@ def test_a_failing_batch_is_retried_record_by_record(tiny_model, qm9_fixture_npz
     assert len(good) == 39
     ref = tiny_model.embed_records([item for item, _ in good])
     np.testing.assert_allclose(np.stack([z for _, z in good]), ref, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- 5, 6, 7. SD records
+
+
+def _conformer(smiles: str, seed: int = 7):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(mol, randomSeed=seed) == 0
+    AllChem.MMFFOptimizeMolecule(mol)
+    mol.SetProp("_Name", smiles)
+    return mol
+
+
+def _block(mol) -> str:
+    from rdkit import Chem
+
+    return Chem.MolToMolBlock(mol)
+
+
+def test_sd_record_without_hydrogens_gets_them_back_and_says_so(tmp_path):
+    from rdkit import Chem
+
+    from molgiae.api import load_model
+    from molgiae.embedding import embed_to_hdf5
+
+    ethanol, phenol = _conformer("CCO"), _conformer("Oc1ccccc1")
+    skeleton = Chem.RemoveHs(ethanol)
+    sdf = write_sdf(tmp_path / "m.sdf", [_block(skeleton), _block(ethanol), _block(phenol)])
+    recs = _records(sdf)
+    assert [r.n_atoms for r in recs] == [9, 9, 13] and [r.hydrogens_added for r in recs] == [6, 0, 0]
+    assert recs[0].smiles == "CCO" and list(recs[0].elements) == [6, 6, 8, 1, 1, 1, 1, 1, 1]
+    model = load_model()  # the trained model: the completed skeleton is ethanol, not something else
+    out = tmp_path / "e.h5"
+    embed_to_hdf5(model, [sdf], out)
+    with h5py.File(out) as f:
+        z = f["embedding"][:]
+        assert f["hydrogens_added"][:].tolist() == [6, 0, 0] and f["n_atoms"][:].tolist() == [9, 9, 13]
+    assert np.linalg.norm(z[0] - z[1]) < 0.5 * np.linalg.norm(z[2] - z[1])
+
+
+def test_reconstruction_of_a_completed_record_carries_a_note(tiny_model, tmp_path):
+    from rdkit import Chem
+
+    from molgiae.embedding import reconstruct_to_sdf
+
+    sdf = write_sdf(tmp_path / "m.sdf", [_block(Chem.RemoveHs(_conformer("CCO")))])
+    reconstruct_to_sdf(tiny_model, [sdf], tmp_path / "r.sdf")
+    (mol,) = Chem.SDMolSupplier(str(tmp_path / "r.sdf"), sanitize=False, removeHs=False)
+    assert mol.GetNumAtoms() == 9 and mol.GetProp("molgiae_hydrogens_added").startswith("6 ")
+
+
+@pytest.mark.parametrize("smiles", ["O", "C=O", "c1ccccc1"])
+def test_planar_molecule_at_z0_in_a_3d_molblock_is_kept(tmp_path, smiles):
+    mol = _conformer(smiles)
+    # put the planar molecule into the z = 0 plane (its own best plane)
+    conf = mol.GetConformer()
+    x = conf.GetPositions()
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x)
+    x = x @ vt.T
+    x[:, 2] = 0.0
+    for i, p in enumerate(x):
+        conf.SetAtomPosition(i, p.tolist())
+    block = _block(mol)
+    assert block.splitlines()[1][20:22] == "3D"
+    (rec,) = _records(write_sdf(tmp_path / "flat.sdf", [block]))
+    assert isinstance(rec, ConformerRecord) and rec.n_atoms == mol.GetNumAtoms(), rec
+    lines = block.splitlines()
+    lines[1] = lines[1][:20] + "2D" + lines[1][22:]
+    (err,) = _records(write_sdf(tmp_path / "flat2d.sdf", ["\n".join(lines) + "\n"]))
+    assert isinstance(err, RecordError) and "2-D" in err.reason
+
+
+def test_sd_record_without_bond_block_gets_smiles_from_geometry(tmp_path):
+    mol = _conformer("CCN")
+    x = mol.GetConformer().GetPositions()
+    elements = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    (rec,) = _records(write_sdf(tmp_path / "nobonds.sdf", [molblock(elements, x, "propylamine")]))
+    assert rec.smiles == "CCN" and rec.hydrogens_added == 0 and rec.n_atoms == len(elements)

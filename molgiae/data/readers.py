@@ -33,16 +33,20 @@ Conventions
   (``gdb_1``) stays plain xyz.
 * ``.sdf``/``.sd``/``.mol``: blocks are split on ``$$$$`` here and parsed one by one by
   RDKit (sanitised; if that fails, unsanitised), so a malformed block is one error and
-  reading goes on. A conformer flagged 2-D by its molblock is an error ("no 3-D
-  coordinates"); an all-z=0 structure of more than 3 atoms is caught by check_geometry.
+  reading goes on. A conformer flagged 2-D by its molblock (or not flagged 3-D) is an error
+  ("no 3-D coordinates"); one flagged 3-D is trusted, so planar molecules at z = 0 are kept.
+  Implicit hydrogens of a sanitised block with bonds are added with 3-D coordinates
+  (``AddHs(addCoords=True)``; ``ConformerRecord.hydrogens_added`` says how many). A block with
+  no bond block gets its SMILES perceived from the geometry (no hydrogens are added to it).
 * GEOM (:mod:`molgiae.data.geom`): a ``.msgpack`` file, or a directory holding
   ``summary_*.json`` (or such a summary file) as a GEOM ``rdkit_folder``, whose pickles are
   unpickled (that executes code from the files: trusted data only). One record per conformer,
   name and smiles = the GEOM SMILES. An ``.npz`` with ``format_version``
   ``molgiae-conformers-npz-*`` is a conformer-ensemble file (:func:`molgiae.data.store.read_ensemble_npz`).
 * Geometry: every record passes :func:`check_geometry`. Its all-z=0 ("2-D drawing") test
-  applies to SD/MOL (and SMILES) input only; npz, xyz, tar and other ASE formats are 3-D
-  by construction, and planar/linear molecules there often lie exactly in z = 0.
+  applies to SMILES input only; SD/MOL input has its molblock's dimension flag, and npz, xyz,
+  tar and other ASE formats are 3-D by construction (planar/linear molecules there often lie
+  exactly in z = 0).
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ import numpy as np
 
 from molgiae.chem import atomic_number
 from molgiae.data.geom import is_geom_rdkit_folder, read_geom_msgpack, read_geom_rdkit_folder
-from molgiae.data.molecules import rdkit_atomic_numbers
+from molgiae.data.molecules import perceive_smiles, rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_geometry
 
 Item = ConformerRecord | RecordError
@@ -96,7 +100,9 @@ _BINARY_KINDS = {
 _ASE_FORMATS = {"pdb": "proteindatabank", "cif": "cif", "traj": "traj", "json": "json"}
 # Kinds whose coordinates are 3-D by construction: a molecule lying in the z = 0 plane is
 # real (QM9 gdb_23, G2 planar molecules), so check_geometry's all-z=0 test is skipped.
-_FLAT_OK_KINDS = frozenset({"npz", "xyz", "tar", "pdb", "cif", "traj", "json", "msgpack"})
+# SD/MOL: the molblock's own dimension flag decides (a "2D" conformer is an error in _read_sdf), so
+# planar molecules (water, benzene) at z = 0 in a block flagged 3D are kept.
+_FLAT_OK_KINDS = frozenset({"npz", "xyz", "tar", "pdb", "cif", "traj", "json", "msgpack", "sdf"})
 
 #: Every file suffix read_records understands (case-insensitive), for --help texts.
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -686,7 +692,8 @@ def _sdf_blocks(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
 
 
 def _parse_sd_block(block: str):
-    """RDKit mol from one SD block: sanitised if possible, else unsanitised; (mol, messages)."""
+    """RDKit mol from one SD block: sanitised if possible, else unsanitised; (mol, messages).
+    A sanitised mol has the private property ``_molgiae_sanitized``."""
     from rdkit import Chem
 
     text = block + "$$$$\n"
@@ -703,6 +710,8 @@ def _parse_sd_block(block: str):
         if mol is not None:
             if not sanitize:
                 mol.UpdatePropertyCache(strict=False)
+            else:
+                mol.SetBoolProp("_molgiae_sanitized", True)
             return mol, messages
     return None, messages
 
@@ -717,8 +726,34 @@ def _mol_smiles(mol) -> str:
             return ""
 
 
+def _complete_hydrogens(mol):
+    """``(mol with its implicit hydrogens made explicit atoms, number added)``.
+
+    The models were trained on molecules with every hydrogen; an SD record drawn without them
+    (a heavy-atom skeleton) would be embedded as a different molecule. Hydrogens are added
+    with 3-D coordinates (RDKit ``AddHs(addCoords=True)``) when RDKit could sanitise the block
+    and the block has bonds (without bonds the implicit-hydrogen count is meaningless: every
+    carbon would get four). Records keep the number in ``hydrogens_added``."""
+    from rdkit import Chem
+
+    if mol.GetNumBonds() == 0 or not mol.HasProp("_molgiae_sanitized"):
+        return mol, 0
+    missing = sum(a.GetNumImplicitHs() for a in mol.GetAtoms())
+    if missing == 0:
+        return mol, 0
+    with _rdkit_log_capture():
+        try:
+            return Chem.AddHs(mol, addCoords=True), missing
+        except Exception:  # noqa: BLE001 - keep the record as drawn
+            return mol, 0
+
+
 def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Item]:
-    """SD/MOL text: each conformer of each block is one record; bad blocks are errors."""
+    """SD/MOL text: each conformer of each block is one record; bad blocks are errors.
+
+    Implicit hydrogens are added with coordinates (:func:`_complete_hydrogens`); a block with
+    atoms but no bond block gets its SMILES perceived from the geometry instead of RDKit's
+    dotted one (``C.C.O``)."""
     index = 0
     for start, block in _sdf_blocks(lines):
         title = block.split("\n", 1)[0].strip()
@@ -732,7 +767,9 @@ def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Ite
             continue
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         props = _numeric_props(mol.GetPropsAsDict(includePrivate=False, includeComputed=False))
-        smiles = _mol_smiles(mol)
+        bondless = mol.GetNumBonds() == 0 and mol.GetNumAtoms() > 1
+        smiles = "" if bondless else _mol_smiles(mol)
+        mol, added = _complete_hydrogens(mol)
         elements = rdkit_atomic_numbers(mol)
         conformers = list(mol.GetConformers())
         if not conformers:
@@ -743,10 +780,13 @@ def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Ite
             if not conf.Is3D():
                 yield RecordError(source, index, "no 3-D coordinates (the molblock is 2-D)", rec_name)
             else:
-                yield ConformerRecord(
+                rec = ConformerRecord(
                     elements=elements, coords=conf.GetPositions(), name=rec_name, source=source,
-                    index=index, properties=dict(props), smiles=smiles,
+                    index=index, properties=dict(props), smiles=smiles, hydrogens_added=added,
                 )
+                if bondless:  # no bond block: bonds (and the SMILES) from the geometry
+                    rec.smiles = perceive_smiles(rec)
+                yield rec
             index += 1
 
 

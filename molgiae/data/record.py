@@ -18,6 +18,8 @@ class ConformerRecord:
         index: the record's 0-based position in its source (conformers count separately).
         properties: optional labels, e.g. QM9 properties in the file's own units.
         smiles: a SMILES string when the source carries one or it could be perceived, else "".
+        hydrogens_added: hydrogens the reader added to the file's atoms (an SD record drawn
+            without them: :mod:`molgiae.data.readers`), 0 when the file had them all.
     """
 
     elements: np.ndarray
@@ -27,6 +29,7 @@ class ConformerRecord:
     index: int = 0
     properties: dict[str, float] = field(default_factory=dict)
     smiles: str = ""
+    hydrogens_added: int = 0
 
     def __post_init__(self) -> None:
         self.elements = np.asarray(self.elements, dtype=np.int64).reshape(-1)
