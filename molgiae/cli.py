@@ -578,7 +578,8 @@ def predict_cmd(
 ):
     """Predict a fine-tuned model's property for every conformer of the inputs into a CSV.
 
-    Columns: source, record, name, smiles, n_atoms, <target>_<unit>. Bad records are skipped
+    Columns: source, record, name, smiles, n_atoms, <target>_<unit>, in_domain (false: size or
+    elements outside the training molecules, an extrapolation), note. Bad records are skipped
     (listed on stderr). Exit code 0 when at least one conformer was predicted, 1 when none was
     (then no file is written).
     """
@@ -603,6 +604,9 @@ def predict_cmd(
         f"{_files_word(s.n_files)}; {s.n_failed} failed")
     if s.n_predicted == 0:
         fail(f"nothing was predicted; {out} was not written")
+    if s.n_out_of_domain:
+        err(f"warning: {s.n_out_of_domain} of {s.n_predicted} predictions are for molecules outside the training "
+            f"domain (size or elements; in_domain = false and a note in {out}): extrapolations, not to be trusted")
 
 
 # ----------------------------------------------------------------------------- data prepare
