@@ -95,13 +95,18 @@ def train(
     data = _with_extra_paths(ctx, data)
     if threads:
         torch.set_num_threads(threads)
-    cfg = Config()
-    if resume and (out / "config.json").exists():
-        cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
-    elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
-        from molgiae.training import load_checkpoint
+    from molgiae.training import CheckpointError, load_checkpoint
 
-        cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
+    cfg = Config()
+    try:
+        if resume and (out / "config.json").exists():
+            cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
+        elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
+            cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
+    except CheckpointError as exc:
+        fail(f"cannot resume: {exc}")
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # an unreadable or hand-edited config.json
+        fail(f"cannot resume: {out / 'config.json'} is unusable ({type(exc).__name__}: {exc})")
     model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
                       decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_molecules=max_molecules,
@@ -127,7 +132,10 @@ def train(
     if missing:
         fail(f"data file(s) not found: {', '.join(missing)}")
     _check_run_dir(out, data, RUN_FILES)
-    dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    try:
+        dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    except ValueError as exc:
+        fail(str(exc))
     splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
     too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
     if too_big.any():
@@ -139,7 +147,7 @@ def train(
     meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
     try:
         state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)
-    except ValueError as exc:
+    except (ValueError, CheckpointError) as exc:
         fail(str(exc))
     if rank0:
         typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val_rmsd:.3f} Å; "

@@ -282,3 +282,106 @@ def test_sd_record_without_bond_block_gets_smiles_from_geometry(tmp_path):
     elements = [a.GetAtomicNum() for a in mol.GetAtoms()]
     (rec,) = _records(write_sdf(tmp_path / "nobonds.sdf", [molblock(elements, x, "propylamine")]))
     assert rec.smiles == "CCN" and rec.hydrogens_added == 0 and rec.n_atoms == len(elements)
+
+
+# --------------------------------------------------------------------------- 9. train: resume and clear errors
+
+TINY = ["--features", "16", "--embedding-dim", "16", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--decoder", "transformer", "--batch-size", "8", "--threads", "1", "-q"]
+
+
+def _tiny_config(epochs, **train):
+    from molgiae.config import Config, ModelConfig, TrainConfig
+
+    return Config(
+        ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1, decoder="transformer"),
+        TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, warmup_steps=5, checkpoint_every=1000, seed=1,
+                    max_val_molecules=8, **train),
+    )
+
+
+def test_mid_epoch_resume_writes_the_same_train_loss(tmp_path):
+    import csv
+
+    import torch
+
+    from molgiae.data.split import split_ids
+    from molgiae.training import train
+    from tests.equivariance import fixture_set
+
+    data = fixture_set()
+    splits = split_ids(data.keys, 0.2, 0.1, 0)
+    splits["train"] = splits["train"][:40]  # 5 steps per epoch
+    train(_tiny_config(2), data, splits, tmp_path / "full", quiet=True)
+    # stop after the first step (a time limit of ~0), then resume without a limit
+    state = train(_tiny_config(2, time_limit_minutes=1e-9), data, splits, tmp_path / "cut", quiet=True)
+    assert state.epoch == 0 and state.epoch_step == 1
+    train(_tiny_config(2), data, splits, tmp_path / "cut", resume=True, quiet=True)
+
+    def losses(run):
+        return [float(r["train_loss"]) for r in csv.DictReader(open(tmp_path / run / "metrics.csv"))]
+
+    assert len(losses("full")) == 2
+    np.testing.assert_allclose(losses("cut"), losses("full"), rtol=1e-6)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_train_resume_on_a_bad_last_pt_is_a_clear_error(tmp_path, qm9_fixture_npz):
+    import torch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"\x00garbage, not a checkpoint")
+    res = run_cli("train", "--data", qm9_fixture_npz, "--out", run, "--resume", "--epochs", "1", *TINY)
+    assert res.exit_code == 1 and "cannot resume" in res.stderr and "cannot read checkpoint" in res.stderr, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    torch.save({"format": "molgiae-checkpoint-1", "model": {}}, run / "last.pt")
+    res = run_cli("train", "--data", qm9_fixture_npz, "--out", run, "--resume", "--epochs", "1", *TINY)
+    assert res.exit_code == 1 and "lacks 'config'" in res.stderr, res.output
+
+
+def test_train_resume_from_a_weights_only_file_is_a_clear_error(tmp_path, tiny_checkpoint, qm9_fixture_npz):
+    import torch
+
+    from molgiae.config import Config
+    from molgiae.data.split import split_ids
+    from molgiae.training import CheckpointError, train
+    from tests.equivariance import fixture_set
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    for key in ("optimizer", "scheduler", "run_state", "rng"):
+        ckpt.pop(key, None)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(ckpt, run / "last.pt")
+    data = fixture_set()
+    cfg = Config.from_dict(ckpt["config"])
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        train(cfg, data, split_ids(data.keys, 0.2, 0.1, 0), run, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize("name", ["empty.sdf", "empty.npz", "empty.xyz"])
+def test_train_on_an_empty_file_is_a_clear_error(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    res = run_cli("train", "--data", tmp_path / name, "--out", tmp_path / "run", "--epochs", "1", *TINY)
+    assert res.exit_code == 1 and "no valid molecules" in res.stderr, res.output
+    assert "Traceback" not in res.output
+
+
+def test_train_epochs_0_is_refused(tmp_path, qm9_fixture_npz):
+    res = run_cli("train", "--data", qm9_fixture_npz, "--out", tmp_path / "run", "--epochs", "0", *TINY)
+    assert res.exit_code == 1 and "epochs must be >= 1" in res.stderr, res.output
+
+
+def test_empty_validation_split_is_said(tmp_path):
+    from molgiae.training import train
+    from tests.equivariance import fixture_set
+
+    data = fixture_set()
+    ids = np.arange(8)
+    said = []
+    train(_tiny_config(1), data, {"train": ids, "val": ids[:0], "test": ids[:0]}, tmp_path, quiet=True,
+          log=said.append)
+    assert any("validation split is empty" in s and "NaN" in s for s in said), said

@@ -175,6 +175,7 @@ def load_property_checkpoint(path: str | Path, map_location: str | torch.device 
 
     return load_checkpoint(
         path, map_location, expected_format=PROPERTY_FORMAT, what="a fine-tuned molgiae property model",
+        required=("config", "property", "model"),
         hints={CHECKPOINT_FORMAT: " (an autoencoder checkpoint: fine-tune it first with `molgiae finetune`)"},
     )
 
