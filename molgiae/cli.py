@@ -17,6 +17,10 @@ app = typer.Typer(
 )
 
 
+#: What an interruption leaves behind, set by the command as it learns its output.
+_INTERRUPT_NOTE = ["stopped before any output was written"]
+
+
 def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -300,6 +304,8 @@ def _check_out_dir(out: Path, inputs=()) -> None:
         refuse_input_as_output(out, inputs)
     except OutputIsInputError as exc:
         fail(str(exc))
+    state = "an earlier file there is unchanged" if out.exists() else "there is no such file"
+    _INTERRUPT_NOTE[0] = f"no output was written to {out} ({state}; its temporary file was removed)"
 
 
 def _check_run_dir(out: Path, data, written: tuple[str, ...]) -> None:
@@ -311,6 +317,9 @@ def _check_run_dir(out: Path, data, written: tuple[str, ...]) -> None:
             refuse_input_as_output(out / name, data)
         except OutputIsInputError as exc:
             fail(str(exc))
+    _INTERRUPT_NOTE[0] = (f"the run in {out} stopped; last.pt (if written) is its last checkpoint, "
+                          f"continue with --resume" if "last.pt" in written else
+                          f"the run in {out} stopped before it finished; its files there are incomplete")
 
 
 def _files_word(n: int) -> str:
@@ -653,10 +662,20 @@ def data_prepare(
 
 
 def main() -> None:
-    from molgiae.runtime import tune_allocator
+    """The ``molgiae`` command. Ctrl-C and SIGTERM stop it cleanly (temporary outputs removed) with a
+    line saying what happened to the output; exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
+    from molgiae.runtime import handle_interrupts, interrupted_by, tune_allocator
 
     tune_allocator()  # faster CPU model calls (see molgiae/runtime.py); a no-op off glibc
-    app()
+    handle_interrupts()
+    try:
+        app()
+    except SystemExit:
+        how = interrupted_by()  # typer turns KeyboardInterrupt (and Terminated) into exit code 130
+        if how is None:
+            raise
+        err(f"interrupted ({how}): {_INTERRUPT_NOTE[0]}")
+        sys.exit(143 if how == "SIGTERM" else 130)
 
 
 if __name__ == "__main__":

@@ -345,6 +345,11 @@ def train(
         quiet, log = True, (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if rank0:  # temporary files of a run killed mid-write (SIGKILL): .last.pt.<pid>.tmp, ...
+        from molgiae.outputs import remove_stale_temps
+
+        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png"):
+            remove_stale_temps(out / name)
     device = select_device(tc.device)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)

@@ -385,3 +385,51 @@ def test_empty_validation_split_is_said(tmp_path):
     train(_tiny_config(1), data, {"train": ids, "val": ids[:0], "test": ids[:0]}, tmp_path, quiet=True,
           log=said.append)
     assert any("validation split is empty" in s and "NaN" in s for s in said), said
+
+
+# --------------------------------------------------------------------------- interruptions, names
+
+
+def _slow_smi(path: Path, n: int = 400) -> Path:
+    path.write_text("".join(f"{'C' * (3 + k % 9)}O mol_{k}\n" for k in range(n)))  # ETKDG: seconds in all
+    return path
+
+
+@pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")])
+def test_signal_stops_embed_cleanly_and_says_so(tiny_checkpoint, tmp_path, sig, code, word):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    smi = _slow_smi(tmp_path / "slow.smi")
+    out = tmp_path / "e.h5"
+    out.write_text("previous result")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "molgiae", "embed", str(smi), "-o", str(out), "--model",
+                             str(tiny_checkpoint), "--no-read-ahead", "-q"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("e.h5.tmp-*")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, sig))
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == code, stderr
+    assert f"interrupted ({word}): no output was written to {out}" in stderr and "Traceback" not in stderr
+    assert out.read_text() == "previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "slow.smi"]
+
+
+def test_huge_record_names_are_capped(tmp_path):
+    from molgiae.data.record import MAX_NAME_CHARS
+
+    title = "x" * 5_000_000
+    p = tmp_path / "long.xyz"
+    p.write_text(f"3\n{title}\n{WATER}")
+    (rec,) = _records(p)
+    assert len(rec.name) < MAX_NAME_CHARS + 50 and "5,000,000 characters" in rec.name
+    sdf = write_sdf(tmp_path / "long.sdf", [title + "\nbroken record\n"])
+    (err,) = _records(sdf)
+    assert isinstance(err, RecordError) and len(err.name) < MAX_NAME_CHARS + 50 and len(str(err)) < 5000

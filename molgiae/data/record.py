@@ -5,6 +5,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Longest record name kept (a title line of 100 MB is not a name); longer ones are cut and marked.
+MAX_NAME_CHARS = 200
+#: Longest error reason kept.
+MAX_REASON_CHARS = 2000
+
+
+def cap_text(text: str, limit: int) -> str:
+    """``text`` itself, or its first ``limit`` characters and how long it really was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [cut: {len(text):,} characters]"
+
 
 @dataclass
 class ConformerRecord:
@@ -32,6 +44,7 @@ class ConformerRecord:
     hydrogens_added: int = 0
 
     def __post_init__(self) -> None:
+        self.name = cap_text(str(self.name), MAX_NAME_CHARS)
         self.elements = np.asarray(self.elements, dtype=np.int64).reshape(-1)
         self.coords = np.asarray(self.coords, dtype=np.float64).reshape(-1, 3)
         if len(self.elements) != len(self.coords):
@@ -52,6 +65,10 @@ class RecordError:
     index: int
     reason: str
     name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = cap_text(str(self.name), MAX_NAME_CHARS)
+        self.reason = cap_text(str(self.reason), MAX_REASON_CHARS)
 
     def __str__(self) -> str:
         where = f"{self.source}, record {self.index}"
