@@ -535,7 +535,12 @@ def _read_xyz(lines: Iterable[str], source: str, opts: _Options, start: int = 0)
         if frame is None:
             yield RecordError(source, index, reason)
         else:
-            yield parse(frame, source, index, lineno)
+            try:
+                item = parse(frame, source, index, lineno)
+            except Exception as exc:  # noqa: BLE001 - one bad frame never ends the file
+                item = RecordError(source, index, f"could not read the frame at line {lineno} "
+                                                  f"({type(exc).__name__}: {exc})")
+            yield item
         index += 1
 
 
@@ -757,7 +762,10 @@ def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Ite
     index = 0
     for start, block in _sdf_blocks(lines):
         title = block.split("\n", 1)[0].strip()
-        mol, messages = _parse_sd_block(block)
+        try:
+            mol, messages = _parse_sd_block(block)
+        except Exception as exc:  # noqa: BLE001 - e.g. RDKit's log cut inside a multi-byte character
+            mol, messages = None, [f"{type(exc).__name__}: {exc}"]
         if mol is None:
             detail = f": {'; '.join(messages)} (line numbers within the record)" if messages else ""
             yield RecordError(
