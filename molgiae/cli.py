@@ -17,6 +17,10 @@ app = typer.Typer(
 )
 
 
+#: What an interruption leaves behind, set by the command as it learns its output.
+_INTERRUPT_NOTE = ["stopped before any output was written"]
+
+
 def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -37,6 +41,9 @@ def _open_model(model: Optional[Path], device: str = "cpu"):
 
 
 # ----------------------------------------------------------------------------- train
+#: files `train` / `finetune` write into their run directory (never one of the data files)
+RUN_FILES = ("config.json", "split.json", "last.pt", "best.pt", "metrics.csv", "learning_curve.png")
+FINETUNE_FILES = ("metrics.csv", "result.json", "predictions.csv", "finetuned.pt", "learning_curve.png")
 # ``--data A B C`` as well as ``--data A --data B``: extra positional arguments are more data paths.
 MULTI_PATH = {"allow_extra_args": True}
 
@@ -101,13 +108,18 @@ def train(
     data = _with_extra_paths(ctx, data)
     if threads:
         torch.set_num_threads(threads)
-    cfg = Config()
-    if resume and (out / "config.json").exists():
-        cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
-    elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
-        from molgiae.training import load_checkpoint
+    from molgiae.training import CheckpointError, load_checkpoint
 
-        cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
+    cfg = Config()
+    try:
+        if resume and (out / "config.json").exists():
+            cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
+        elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
+            cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
+    except CheckpointError as exc:
+        fail(f"cannot resume: {exc}")
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # an unreadable or hand-edited config.json
+        fail(f"cannot resume: {out / 'config.json'} is unusable ({type(exc).__name__}: {exc})")
     model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
                       decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms,
                       update_product=update_product, code_pooling=code_pooling)
@@ -135,7 +147,11 @@ def train(
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         fail(f"data file(s) not found: {', '.join(missing)}")
-    dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    _check_run_dir(out, data, RUN_FILES)
+    try:
+        dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    except ValueError as exc:
+        fail(str(exc))
     splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
     too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
     if too_big.any():
@@ -147,7 +163,7 @@ def train(
     meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
     try:
         state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)
-    except ValueError as exc:
+    except (ValueError, CheckpointError) as exc:
         fail(str(exc))
     if rank0:
         typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val_rmsd:.3f} Å; "
@@ -323,11 +339,34 @@ def _reader_options(num_conformers: int, seed: int, smiles_column: Optional[str]
     return {"num_conformers": num_conformers, "seed": seed, "smiles_column": smiles_column}
 
 
-def _check_out_dir(out: Path) -> None:
+def _check_out_dir(out: Path, inputs=()) -> None:
+    """A usable output path that is none of the inputs (same file, link or hard link)."""
+    from molgiae.outputs import OutputIsInputError, refuse_input_as_output
+
     if out.is_dir():
         fail(f"output path is a directory: {out}")
     if not out.parent.is_dir():
         fail(f"output directory does not exist: {out.parent}")
+    try:
+        refuse_input_as_output(out, inputs)
+    except OutputIsInputError as exc:
+        fail(str(exc))
+    state = "an earlier file there is unchanged" if out.exists() else "there is no such file"
+    _INTERRUPT_NOTE[0] = f"no output was written to {out} ({state}; its temporary file was removed)"
+
+
+def _check_run_dir(out: Path, data, written: tuple[str, ...]) -> None:
+    """No data file is one of the files a run writes into ``out``."""
+    from molgiae.outputs import OutputIsInputError, refuse_input_as_output
+
+    for name in written:
+        try:
+            refuse_input_as_output(out / name, data)
+        except OutputIsInputError as exc:
+            fail(str(exc))
+    _INTERRUPT_NOTE[0] = (f"the run in {out} stopped; last.pt (if written) is its last checkpoint, "
+                          f"continue with --resume" if "last.pt" in written else
+                          f"the run in {out} stopped before it finished; its files there are incomplete")
 
 
 def _files_word(n: int) -> str:
@@ -343,6 +382,8 @@ def embed(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only records whose global position p has "
                                                    "p % N == I (0-based I); merge the shards with `molgiae merge`."),
+    max_atoms: int = typer.Option(500, "--max-atoms", min=1, help="Records with more atoms are skipped with a "
+                                                                 "reason (memory grows with atoms²: ~0.25 GiB at 500)."),
     num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
     seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
@@ -364,13 +405,13 @@ def embed(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--shard") from None
     options = _reader_options(num_conformers, seed, smiles_column)
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     m = _open_model(model, device)
     with _Feedback("embed", quiet) as fb:
         try:
             s = embed_to_hdf5(m, inputs, out, batch_size=batch_size, shard=shard_spec, reader_options=options,
                               progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles,
-                              read_ahead=read_ahead)
+                              read_ahead=read_ahead, max_atoms=max_atoms)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"embedded {s.n_embedded} conformers from {_files_word(s.n_files)}; {s.n_failed} failed"
@@ -404,7 +445,7 @@ def reconstruct(
     from molgiae.embedding import NothingWrittenError, reconstruct_to_sdf
 
     options = _reader_options(num_conformers, seed, smiles_column)
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     m = _open_model(model, device)
     with _Feedback("reconstruct", quiet) as fb:
         try:
@@ -429,7 +470,7 @@ def merge(
     """Merge embed shards into one file, rows in input order (as an unsharded run writes them)."""
     from molgiae.embedding import MergeError, merge_hdf5
 
-    _check_out_dir(out)
+    _check_out_dir(out, shards)
     try:
         s = merge_hdf5(shards, out)
     except MergeError as exc:
@@ -457,7 +498,7 @@ def map_(
         fail(f"labels file not found: {labels}")
     if labels is not None and color_by is None:
         raise typer.BadParameter("--labels needs --color-by COLUMN", param_hint="--color-by")
-    _check_out_dir(out)
+    _check_out_dir(out, [h5] + ([labels] if labels is not None else []))
     from molgiae.embedding import embedding_map
 
     try:
@@ -547,6 +588,7 @@ def finetune_cmd(
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         fail(f"data file(s) not found: {', '.join(missing)}")
+    _check_run_dir(out, data, FINETUNE_FILES)
     import torch
 
     from molgiae.data.loading import load_conformers
@@ -590,6 +632,8 @@ def predict_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV (replaced atomically)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    max_atoms: int = typer.Option(500, "--max-atoms", min=1, help="Records with more atoms are skipped with a "
+                                                                 "reason (memory grows with atoms²: ~0.25 GiB at 500)."),
     num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
     seed: int = typer.Option(0, help="Base seed of SMILES conformer embedding."),
     smiles_column: Optional[str] = typer.Option(None, "--smiles-column", help="SMILES column of a .csv (default: auto-detect)."),
@@ -601,7 +645,8 @@ def predict_cmd(
 ):
     """Predict a fine-tuned model's property for every conformer of the inputs into a CSV.
 
-    Columns: source, record, name, smiles, n_atoms, <target>_<unit>. Bad records are skipped
+    Columns: source, record, name, smiles, n_atoms, <target>_<unit>, in_domain (false: size or
+    elements outside the training molecules, an extrapolation), note. Bad records are skipped
     (listed on stderr). Exit code 0 when at least one conformer was predicted, 1 when none was
     (then no file is written).
     """
@@ -610,7 +655,7 @@ def predict_cmd(
     from molgiae.training import CheckpointError, select_device
 
     options = _reader_options(num_conformers, seed, smiles_column)
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     try:
         predictor = load_predictor(model, device=select_device(device))
     except (CheckpointError, RuntimeError) as exc:
@@ -619,13 +664,16 @@ def predict_cmd(
         try:
             s = predict_to_csv(predictor, inputs, out, batch_size=batch_size, reader_options=options,
                                progress=fb.progress, on_error=fb.on_error, smiles=not no_smiles,
-                               read_ahead=read_ahead)
+                               read_ahead=read_ahead, max_atoms=max_atoms)
         except NothingWrittenError as exc:
             s = exc.summary
     err(f"predicted {prediction_column(predictor.target)} for {s.n_predicted} conformers from "
         f"{_files_word(s.n_files)}; {s.n_failed} failed")
     if s.n_predicted == 0:
         fail(f"nothing was predicted; {out} was not written")
+    if s.n_out_of_domain:
+        err(f"warning: {s.n_out_of_domain} of {s.n_predicted} predictions are for molecules outside the training "
+            f"domain (size or elements; in_domain = false and a note in {out}): extrapolations, not to be trusted")
 
 
 # ----------------------------------------------------------------------------- data prepare
@@ -651,7 +699,7 @@ def data_prepare(
     """  # noqa: E501
     if group_by not in ("name", "smiles"):
         raise typer.BadParameter("use name or smiles", param_hint="--group-by")
-    _check_out_dir(out)
+    _check_out_dir(out, inputs)
     from molgiae.data.store import prepare_store
 
     with _Feedback("prepare", quiet) as fb:
@@ -664,10 +712,20 @@ def data_prepare(
 
 
 def main() -> None:
-    from molgiae.runtime import tune_allocator
+    """The ``molgiae`` command. Ctrl-C and SIGTERM stop it cleanly (temporary outputs removed) with a
+    line saying what happened to the output; exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
+    from molgiae.runtime import handle_interrupts, interrupted_by, tune_allocator
 
     tune_allocator()  # faster CPU model calls (see molgiae/runtime.py); a no-op off glibc
-    app()
+    handle_interrupts()
+    try:
+        app()
+    except SystemExit:
+        how = interrupted_by()  # typer turns KeyboardInterrupt (and Terminated) into exit code 130
+        if how is None:
+            raise
+        err(f"interrupted ({how}): {_INTERRUPT_NOTE[0]}")
+        sys.exit(143 if how == "SIGTERM" else 130)
 
 
 if __name__ == "__main__":

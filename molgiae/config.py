@@ -96,6 +96,10 @@ class TrainConfig:
             raise ValueError(f"conformer_sampling must be 'all', 'uniform' or 'boltzmann', not {self.conformer_sampling!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, not {self.num_workers}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, not {self.epochs} (nothing would be trained or written)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
 
 
 @dataclass

@@ -17,7 +17,8 @@ HDF5 layout of :func:`embed_to_hdf5` (N embedded conformers, D = embedding size)
     source        utf-8   [N]     the file it was read from, as given
     record        int64   [N]     0-based record index in that file
     smiles        utf-8   [N]     reader's SMILES, else perceived from 3-D geometry, else ""
-    n_atoms       int32   [N]
+    n_atoms       int32   [N]     atoms embedded, including hydrogens added by the reader
+    hydrogens_added int32 [N]     hydrogens the reader added (SD record drawn without them), else 0
     input_order   int64   [N]     global position among all records of all inputs
     errors/       group, one row per failed record (K rows):
         source utf-8 [K], record int64 [K] (-1: whole file), name utf-8 [K],
@@ -48,6 +49,7 @@ from molgiae.data.batching import size_sorted_batches
 from molgiae.data.molecules import perceive_smiles, rdkit_molecule
 from molgiae.data.read_ahead import position, read_positioned
 from molgiae.data.record import ConformerRecord, RecordError
+from molgiae.outputs import refuse_input_as_output, temp_path
 from molgiae.runtime import release_free_memory
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ Progress = Callable[[int], Any]
 OnError = Callable[[RecordError], Any]
 
 FORMAT = "molgiae-embeddings-1"
-ROW_DATASETS = ("embedding", "name", "source", "record", "smiles", "n_atoms", "input_order")
+ROW_DATASETS = ("embedding", "name", "source", "record", "smiles", "n_atoms", "hydrogens_added", "input_order")
 ERROR_DATASETS = ("source", "record", "name", "reason", "input_order")
 DEFAULT_WINDOW_BATCHES = 64
 H5_CHUNK_ROWS = 1024
@@ -127,31 +129,73 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool) -> Item:
+#: Default per-molecule atom cap of the batch jobs (``--max-atoms``). The model's pair tensors are
+#: dense ([B, N, N, F]): about 1 KiB per atom pair with the default model, so 500 atoms need about
+#: 0.25 GiB and 2,000 atoms 4 GiB for one molecule. Larger records are error rows, not a crash.
+DEFAULT_MAX_ATOMS = 500
+_BYTES_PER_PAIR = 1024
+
+
+def too_many_atoms(n_atoms: int, max_atoms: int | None) -> str | None:
+    """The error reason of a record above the atom cap, or None."""
+    if max_atoms is None or n_atoms <= max_atoms:
+        return None
+    gib = n_atoms * n_atoms * _BYTES_PER_PAIR / 2**30
+    return (f"{n_atoms} atoms: above --max-atoms={max_atoms} (the model's dense pair tensors would need "
+            f"about {gib:.1f} GiB for this molecule); raise --max-atoms to try it")
+
+
+def _checked(model: "MolgiaeModel", item: Item, reconstruct: bool, max_atoms: int | None = None) -> Item:
     """The record itself, or a RecordError saying why this model cannot take it."""
     if isinstance(item, RecordError):
         return item
-    reason = model.check(item, reconstruct=reconstruct)
+    reason = model.check(item, reconstruct=reconstruct) or too_many_atoms(item.n_atoms, max_atoms)
     return item if reason is None else RecordError(item.source, item.index, reason, item.name)
 
 
+class _Failed:
+    """The result slot of a record whose model call failed on its own."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _run_batch(process: Callable[[list[ConformerRecord]], Sequence], records: list[ConformerRecord]) -> list:
+    """``process(records)``; if it fails (out of memory, a model error), each record again on its own,
+    so one bad molecule never takes the others down. A record that fails alone gets a ``_Failed``."""
+    try:
+        return list(process(records))
+    except Exception as exc:  # noqa: BLE001 - MemoryError, torch's RuntimeError (incl. CUDA OOM), ...
+        if len(records) == 1:
+            return [_Failed(f"the model failed on this molecule ({type(exc).__name__}: {str(exc)[:300]})")]
+    out = []  # (outside the except block: the failed batch's tensors are freed before the retries)
+    for rec in records:
+        out.extend(_run_batch(process, [rec]))
+    return out
+
+
 def _process_window(window: list[tuple[int, Item]], process: Callable[[list[ConformerRecord]], Sequence],
-                    batch_size: int) -> Iterator[tuple[int, Item, Any]]:
+                    batch_size: int, on_error: OnError | None = None) -> Iterator[tuple[int, Item, Any]]:
     """Run ``process`` on the window's records in size-sorted batches (at most ``batch_size``
     records and a bounded number of atom pairs each: :func:`~molgiae.data.batching.size_sorted_batches`);
     yield in window order.
 
     Yields ``(position, item, result)``: result is the item's row of ``process``'s output, or
-    None for errors.
+    None for errors. A batch whose call fails is retried one record at a time; a record that
+    fails on its own becomes a RecordError (passed to ``on_error``).
     """
     valid = [k for k, (_, item) in enumerate(window) if isinstance(item, ConformerRecord)]
     results: list[Any] = [None] * len(window)
     # largest batch first: later, smaller batches reuse its freed blocks instead of growing the heap
     for batch in reversed(size_sorted_batches([window[k][1].n_atoms for k in valid], batch_size)):
         ks = [valid[b] for b in batch]
-        for k, res in zip(ks, process([window[k][1] for k in ks])):
+        for k, res in zip(ks, _run_batch(process, [window[k][1] for k in ks])):
             results[k] = res
     for (pos, item), res in zip(window, results):
+        if isinstance(res, _Failed):
+            item, res = RecordError(item.source, item.index, res.reason, item.name), None
+            if on_error is not None:
+                on_error(item)
         yield pos, item, res
 
 
@@ -165,10 +209,13 @@ def stream_results(
     window_batches: int = DEFAULT_WINDOW_BATCHES,
     progress: Progress | None = None,
     on_error: OnError | None = None,
+    max_atoms: int | None = None,
 ) -> Iterator[tuple[int, Item, Any]]:
     """Check positioned items against the model and process the good ones, streaming.
 
     Holds at most ``window_batches * batch_size`` items (records or errors) at a time.
+    Records above ``max_atoms`` atoms are errors (:func:`too_many_atoms`), and a record on
+    which the model call fails is an error too (its batch is retried record by record).
     ``on_error`` sees each failed item as soon as it is read; ``progress(k)`` is told of every
     item read. Yields ``(position, ConformerRecord | RecordError, result | None)`` in input order.
     """
@@ -177,21 +224,22 @@ def stream_results(
     capacity = batch_size * max(1, window_batches)
     window: list[tuple[int, Item]] = []
     for pos, item in items:
-        item = _checked(model, item, reconstruct)
+        item = _checked(model, item, reconstruct, max_atoms)
         if isinstance(item, RecordError) and on_error is not None:
             on_error(item)
         window.append((pos, item))
         if progress is not None:
             progress(1)
         if len(window) >= capacity:
-            yield from _process_window(window, process, batch_size)
+            yield from _process_window(window, process, batch_size, on_error)
             window = []
             release_free_memory()  # resident memory flat in the number of molecules
-    yield from _process_window(window, process, batch_size)
+    yield from _process_window(window, process, batch_size, on_error)
 
 
 def _temp_path(out: Path) -> Path:
-    return out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    """``OUT.tmp-<pid>`` (stale ones of dead processes are removed first: :mod:`molgiae.outputs`)."""
+    return temp_path(out)
 
 
 def _discard(path: Path) -> None:
@@ -221,7 +269,7 @@ class _EmbeddingWriter:
         self.rows = _Table(self.f, {
             "embedding": (np.float32, (dim,)), "name": (text, ()), "source": (text, ()),
             "record": (np.int64, ()), "smiles": (text, ()), "n_atoms": (np.int32, ()),
-            "input_order": (np.int64, ()),
+            "hydrogens_added": (np.int32, ()), "input_order": (np.int64, ()),
         }, chunk)
         self.errors = _Table(self.f.create_group("errors"), {
             "source": (text, ()), "record": (np.int64, ()), "name": (text, ()),
@@ -230,7 +278,8 @@ class _EmbeddingWriter:
 
     def add_row(self, pos: int, record: ConformerRecord, z: np.ndarray, smiles: str) -> None:
         self.rows.add(embedding=z, name=record.name, source=record.source, record=record.index,
-                      smiles=smiles, n_atoms=record.n_atoms, input_order=pos)
+                      smiles=smiles, n_atoms=record.n_atoms, hydrogens_added=record.hydrogens_added,
+                      input_order=pos)
 
     def add_error(self, pos: int, error: RecordError) -> None:
         self.errors.add(source=error.source, record=error.index, name=error.name,
@@ -292,6 +341,7 @@ def embed_to_hdf5(
     smiles: bool = True,
     window_batches: int = DEFAULT_WINDOW_BATCHES,
     read_ahead: bool = False,
+    max_atoms: int | None = DEFAULT_MAX_ATOMS,
 ) -> EmbedSummary:
     """Embed every conformer of ``inputs`` (files or glob patterns) into the HDF5 file ``out``.
 
@@ -308,15 +358,17 @@ def embed_to_hdf5(
         window_batches: read-ahead window, in batches, for size bucketing.
         read_ahead: read (and perceive SMILES) in a child process, overlapping the model
             (:mod:`molgiae.data.read_ahead`; ``molgiae embed`` does).
+        max_atoms: records with more atoms are error rows (memory bound; None: no cap).
 
     Raises NothingWrittenError (and leaves no file) when no conformer could be embedded.
     """
+    refuse_input_as_output(out, inputs)
     # the reader process perceives SMILES itself (once: a failed perception is not retried here)
     positioned, sources = read_positioned(inputs, reader_options, shard=shard, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
     return _embed_positioned(model, positioned, sources, out, inputs=[str(p) for p in inputs], batch_size=batch_size,
                              shard=shard, progress=progress, on_error=on_error, smiles=smiles and not read_ahead,
-                             window_batches=window_batches)
+                             window_batches=window_batches, max_atoms=max_atoms)
 
 
 def embed_items_to_hdf5(
@@ -331,13 +383,14 @@ def embed_items_to_hdf5(
     on_error: OnError | None = None,
     smiles: bool = True,
     window_batches: int = DEFAULT_WINDOW_BATCHES,
+    max_atoms: int | None = DEFAULT_MAX_ATOMS,
 ) -> EmbedSummary:
     """:func:`embed_to_hdf5` on a stream of records/errors (e.g. ``iter_records(...)``);
     ``inputs`` is only recorded in the file's attributes."""
     sources: set[str] = set()
     return _embed_positioned(model, position(items, shard, sources=sources), sources, out, inputs=inputs,
                              batch_size=batch_size, shard=shard, progress=progress, on_error=on_error,
-                             smiles=smiles, window_batches=window_batches)
+                             smiles=smiles, window_batches=window_batches, max_atoms=max_atoms)
 
 
 def _embed_positioned(
@@ -353,6 +406,7 @@ def _embed_positioned(
     on_error: OnError | None,
     smiles: bool,
     window_batches: int,
+    max_atoms: int | None,
 ) -> EmbedSummary:
     """The embedding loop over this shard's ``(position, item)`` pairs; ``sources`` is read at the end."""
     out = Path(out)
@@ -371,7 +425,7 @@ def _embed_positioned(
         try:
             results = stream_results(model, positioned, model.embed_records,
                                      batch_size=batch_size, window_batches=window_batches,
-                                     progress=progress, on_error=on_error)
+                                     progress=progress, on_error=on_error, max_atoms=max_atoms)
             for pos, item, z in results:
                 summary.n_records += 1
                 if isinstance(item, RecordError):
@@ -490,6 +544,7 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
         if not p.is_file():
             raise MergeError(f"shard file not found: {p}")
     out = Path(out)
+    refuse_input_as_output(out, shards)
     tmp = _temp_path(out)
     files = []
     try:
@@ -508,7 +563,8 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
             g.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             g.attrs["n_embedded"] = len(row_plan)
             g.attrs["n_errors"] = len(err_plan)
-            _merge_group([{k: f[k] for k in ROW_DATASETS} for f in files], g, row_plan)
+            common = [k for k in ROW_DATASETS if all(k in f for f in files)]  # older files: no hydrogens_added
+            _merge_group([{k: f[k] for k in common} for f in files], g, row_plan)
             _merge_group([f["errors"] for f in files], g.create_group("errors"), err_plan)
         os.replace(tmp, out)
     except BaseException:
@@ -546,6 +602,9 @@ def _sdf_molecule(rec: "ReconstructedMolecule"):
     mol.SetProp("molgiae_element_accuracy", f"{rec.element_accuracy:.6f}")
     mol.SetProp("molgiae_source", rec.record.source)
     mol.SetProp("molgiae_record", str(rec.record.index))
+    if rec.record.hydrogens_added:
+        mol.SetProp("molgiae_hydrogens_added", f"{rec.record.hydrogens_added} (the input record had no explicit "
+                                                "hydrogens; they were added with RDKit AddHs(addCoords=True))")
     return mol
 
 
@@ -574,6 +633,7 @@ def reconstruct_to_sdf(
     from rdkit import Chem
 
     out = Path(out)
+    refuse_input_as_output(out, inputs)
     start = time.perf_counter()
     summary = ReconstructSummary(out=out)
     rmsds, accs = array("d"), array("d")
@@ -667,6 +727,7 @@ def embedding_map(h5: Path, out_png: Path, method: str = "pca", color_by: str | 
     import h5py
     import matplotlib
 
+    refuse_input_as_output(out_png, [h5] + ([labels_csv] if labels_csv is not None else []))
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

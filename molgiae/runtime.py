@@ -68,3 +68,38 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, SLURM and ``kill`` send first), raised like Ctrl-C's
+    KeyboardInterrupt so that the same clean-up runs (temporary outputs removed)."""
+
+
+_received: list[str] = []
+
+
+def handle_interrupts() -> None:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM raises :class:`Terminated`, in the main
+    thread, and :func:`interrupted_by` remembers which arrived (a no-op off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _sigint(signum, frame):  # noqa: ARG001
+        _received.append("Ctrl-C")
+        raise KeyboardInterrupt
+
+    def _sigterm(signum, frame):  # noqa: ARG001
+        _received.append("SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGINT, _sigint)
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+def interrupted_by() -> str | None:
+    """"Ctrl-C" or "SIGTERM" once one arrived (after :func:`handle_interrupts`), else None."""
+    return _received[0] if _received else None

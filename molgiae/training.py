@@ -96,9 +96,11 @@ def load_checkpoint(
     expected_format: str = CHECKPOINT_FORMAT,
     what: str = "a molgiae checkpoint",
     hints: dict[str, str] | None = None,
+    required: tuple[str, ...] = ("config", "model"),
 ) -> dict:
     """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or
-    foreign files. ``hints`` maps a wrong file's format to advice appended to the error."""
+    foreign files, and for files with the right format tag but without the ``required`` keys or
+    with an invalid config. ``hints`` maps a wrong file's format to advice appended to the error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -110,6 +112,15 @@ def load_checkpoint(
     if found != expected_format:
         hint = (hints or {}).get(found, "")
         raise CheckpointError(f"{path} is not {what} (format {expected_format}){hint}")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} has the {expected_format} format tag but lacks {', '.join(map(repr, missing))}: "
+                              f"a damaged or hand-made file")
+    if "config" in required:
+        try:
+            Config.from_dict(ckpt["config"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{path} has an unusable config: {type(exc).__name__}: {exc}") from None
     return ckpt
 
 
@@ -280,6 +291,10 @@ class RunState:
     best_val_rmsd: float = float("inf")
     seconds: float = 0.0  # training wall time so far (over resumes)
     history: list = field(default_factory=list)
+    # running sums of the current epoch's train_loss (molecule-weighted), so that a mid-epoch
+    # --resume writes the same epoch train_loss as an uninterrupted run
+    epoch_loss_sum: float = 0.0
+    epoch_loss_n: int = 0
 
 
 def write_learning_curve(rows: list[dict], path: Path) -> None:
@@ -355,6 +370,11 @@ def train(
         quiet, log = True, (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if rank0:  # temporary files of a run killed mid-write (SIGKILL): .last.pt.<pid>.tmp, ...
+        from molgiae.outputs import remove_stale_temps
+
+        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png"):
+            remove_stale_temps(out / name)
     device = select_device(tc.device)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
@@ -376,6 +396,10 @@ def train(
         val_ids = np.sort(np.random.default_rng(tc.seed + 1).choice(val_ids, tc.max_val_molecules, replace=False))
     if len(train_ids) == 0:
         raise ValueError("the training split is empty")
+    if len(val_ids) == 0:
+        log(f"warning: the validation split is empty ({len(np.unique(data.keys))} molecules, val_fraction "
+            f"{tc.val_fraction}): val_loss, val_rmsd and val_element_accuracy will be NaN in metrics.csv and "
+            f"best.pt follows the last epoch; use more molecules or a larger --val-fraction")
     too_big = data.n_atoms[train_ids] > config.model.max_atoms
     if too_big.any():
         raise ValueError(f"{int(too_big.sum())} training molecules exceed max_atoms={config.model.max_atoms}")
@@ -429,13 +453,17 @@ def train(
         log(f"weights initialised from {tc.init_from}")
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
+        lacking = [k for k in ("optimizer", "scheduler", "run_state", "rng") if k not in ckpt]
+        if lacking:
+            raise CheckpointError(f"{last} cannot be resumed: it has no {', '.join(lacking)} (a best.pt or an "
+                                  f"exported model holds weights only); start a new run, or copy a last.pt there")
         if Config.from_dict(ckpt["config"]).model != config.model:
             raise ValueError(f"{last} was trained with a different model config; cannot resume")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         s = ckpt["run_state"]
-        state = RunState(**{k: s[k] for k in RunState.__dataclass_fields__})
+        state = RunState(**{k: s[k] for k in RunState.__dataclass_fields__ if k in s})  # older files: no loss sums
         _set_rng_state(ckpt["rng"], np_rng)
         log(f"resumed from {last}: epoch {state.epoch}, step {state.step}")
     elif resume:
@@ -502,7 +530,7 @@ def train(
             task = progress.add_task("train", total=len(batches), epoch=state.epoch + 1, loss=float("nan")) if progress else None
             if progress:
                 progress.update(task, completed=state.epoch_step)
-            running, running_n = 0.0, 0
+            running, running_n = state.epoch_loss_sum, state.epoch_loss_n  # non-zero after a mid-epoch resume
             for batch, weight, n_mols in step_inputs(batches[state.epoch_step:]):
                 mols = model.dense(batch.to(device, non_blocking=True))
                 target = mols
@@ -541,6 +569,7 @@ def train(
                 state.epoch_step += 1
                 running += step_loss * n_mols
                 running_n += n_mols
+                state.epoch_loss_sum, state.epoch_loss_n = running, running_n
                 if progress:
                     progress.update(task, advance=1, loss=running / running_n)
                 if state.step % tc.checkpoint_every == 0:
@@ -565,6 +594,7 @@ def train(
                 break
             state.epoch += 1
             state.epoch_step = 0
+            state.epoch_loss_sum, state.epoch_loss_n = 0.0, 0
             state.epoch_seed = int(np_rng.integers(2**31))
             val = validate(model, data, val_ids, config, device) if len(val_ids) and rank0 else {
                 "val_loss": float("nan"), "val_rmsd": float("nan"), "val_element_accuracy": float("nan")}

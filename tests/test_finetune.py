@@ -321,12 +321,39 @@ def test_cli_predict_writes_csv_and_skips_bad_records(frozen_run, qm9, tmp_path)
     rows = list(csv.DictReader(open(out)))
     column = prediction_column("U0")
     assert column == "U0_eV"
-    assert list(rows[0]) == ["source", "record", "name", "smiles", "n_atoms", column]
+    assert list(rows[0]) == ["source", "record", "name", "smiles", "n_atoms", column, "in_domain", "note"]
+    assert [r["in_domain"] for r in rows] == ["true", "true"]
     assert [(r["name"], r["record"], int(r["n_atoms"])) for r in rows] == [
         ("first", "0", good[0].n_atoms), ("second", "2", good[1].n_atoms)]
     expected = load_predictor(frozen_run.out_dir / "finetuned.pt").predict_records(good)
     np.testing.assert_allclose([float(r[column]) for r in rows], expected, rtol=1e-5)
     assert prediction_column("Cv") == "Cv_cal_per_mol_K"
+
+
+def test_cli_predict_flags_molecules_outside_the_training_domain(frozen_run, qm9, tmp_path):
+    """A 200-atom alkane gets a number (an extrapolation), but the CSV and stderr say so."""
+    from rdkit import Chem
+
+    chain = Chem.MolFromSmiles("C" * 66)  # C66H134: 200 atoms, QM9 has at most 29
+    conf = Chem.Conformer(66)
+    for i in range(66):  # all-trans zig-zag (ETKDG gives up on this size)
+        conf.SetAtomPosition(i, (1.26 * i, 0.89 * (i % 2), 0.0))
+    conf.Set3D(True)
+    chain.AddConformer(conf)
+    alkane = Chem.AddHs(chain, addCoords=True)
+    assert alkane.GetNumAtoms() == 200
+    alkane.SetProp("_Name", "C66H134")
+    small = qm9.record(0)
+    sdf = write_sdf_blocks(tmp_path / "in.sdf", [Chem.MolToMolBlock(alkane), molblock(small.elements, small.coords, "ok")])
+    out = tmp_path / "pred.csv"
+    res = cli("predict", "--model", frozen_run.out_dir / "finetuned.pt", sdf, "-o", out, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    assert "1 of 2 predictions are for molecules outside the training domain" in res.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [r["in_domain"] for r in rows] == ["false", "true"]
+    assert "200 atoms, training molecules had" in rows[0]["note"] and rows[1]["note"] == ""
+    domain = load_predictor(frozen_run.out_dir / "finetuned.pt").domain
+    assert domain["n_atoms_max"] <= 29 and set(domain["elements"]) <= {1, 6, 7, 8, 9}
 
 
 def test_cli_predict_nothing_valid_and_wrong_model(frozen_run, ae_checkpoint, tmp_path):

@@ -83,8 +83,11 @@ class ConformerSet:
 def is_qm9_npz(path: str | Path) -> bool:
     if not str(path).endswith(".npz"):
         return False
-    with np.load(path) as d:
-        return "format_version" in d.files and str(d["format_version"]).startswith(QM9_FORMAT)
+    try:
+        with np.load(path) as d:
+            return "format_version" in d.files and str(d["format_version"]).startswith(QM9_FORMAT)
+    except Exception:  # noqa: BLE001 - empty, corrupt or not an npz: the readers report why
+        return False
 
 
 def load_qm9_npz(paths: Sequence[str | Path]) -> ConformerSet:

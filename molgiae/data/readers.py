@@ -24,21 +24,29 @@ Conventions
   with ETKDGv3, ``randomSeed = seed + line_number`` (1-based physical line), then MMFF.
 * ``.xyz``/``.extxyz``: frames are split on their atom-count lines here and each frame is
   parsed by ASE's extxyz reader, so reading is streaming and a bad frame does not end
-  the file (``ase.io.iread`` scans the whole file before yielding anything). Only an
-  unreadable atom-count line stops the file. Files whose second line starts with ``gdb``
-  are read as original QM9 ``dsgdb9nsd_*.xyz`` (``*^`` and ``E`` exponents both accepted).
+  the file (``ase.io.iread`` scans the whole file before yielding anything). A frame whose
+  count line is unreadable, too small (the line after its atoms is another atom line) or too
+  large (one of its atom lines is a count line) is an error, and reading resumes at the next
+  atom-count line. A file is read as original QM9 ``dsgdb9nsd_*.xyz`` (``*^`` and ``E``
+  exponents both accepted) only when its first frame has that structure: ``gdb <index>`` and
+  the 15 property values on line 2, 5-field atom lines; a plain comment starting ``gdb``
+  (``gdb_1``) stays plain xyz.
 * ``.sdf``/``.sd``/``.mol``: blocks are split on ``$$$$`` here and parsed one by one by
   RDKit (sanitised; if that fails, unsanitised), so a malformed block is one error and
-  reading goes on. A conformer flagged 2-D by its molblock is an error ("no 3-D
-  coordinates"); an all-z=0 structure of more than 3 atoms is caught by check_geometry.
+  reading goes on. A conformer flagged 2-D by its molblock (or not flagged 3-D) is an error
+  ("no 3-D coordinates"); one flagged 3-D is trusted, so planar molecules at z = 0 are kept.
+  Implicit hydrogens of a sanitised block with bonds are added with 3-D coordinates
+  (``AddHs(addCoords=True)``; ``ConformerRecord.hydrogens_added`` says how many). A block with
+  no bond block gets its SMILES perceived from the geometry (no hydrogens are added to it).
 * GEOM (:mod:`molgiae.data.geom`): a ``.msgpack`` file, or a directory holding
   ``summary_*.json`` (or such a summary file) as a GEOM ``rdkit_folder``, whose pickles are
   unpickled (that executes code from the files: trusted data only). One record per conformer,
   name and smiles = the GEOM SMILES. An ``.npz`` with ``format_version``
   ``molgiae-conformers-npz-*`` is a conformer-ensemble file (:func:`molgiae.data.ensemble_npz.read_ensemble_npz`).
 * Geometry: every record passes :func:`check_geometry`. Its all-z=0 ("2-D drawing") test
-  applies to SD/MOL (and SMILES) input only; npz, xyz, tar and other ASE formats are 3-D
-  by construction, and planar/linear molecules there often lie exactly in z = 0.
+  applies to SMILES input only; SD/MOL input has its molblock's dimension flag, and npz, xyz,
+  tar and other ASE formats are 3-D by construction (planar/linear molecules there often lie
+  exactly in z = 0).
 """
 from __future__ import annotations
 
@@ -47,6 +55,7 @@ import csv
 import glob
 import gzip
 import io
+import re
 import tarfile
 import zipfile
 import zlib
@@ -59,7 +68,7 @@ import numpy as np
 from molgiae.chem import atomic_number
 from molgiae.data.ensemble_npz import ENSEMBLE_NPZ_FORMAT, read_ensemble_npz
 from molgiae.data.geom import is_geom_rdkit_folder, read_geom_msgpack, read_geom_rdkit_folder
-from molgiae.data.molecules import rdkit_atomic_numbers
+from molgiae.data.molecules import perceive_smiles, rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_geometry
 
 Item = ConformerRecord | RecordError
@@ -92,7 +101,9 @@ _BINARY_KINDS = {
 _ASE_FORMATS = {"pdb": "proteindatabank", "cif": "cif", "traj": "traj", "json": "json"}
 # Kinds whose coordinates are 3-D by construction: a molecule lying in the z = 0 plane is
 # real (QM9 gdb_23, G2 planar molecules), so check_geometry's all-z=0 test is skipped.
-_FLAT_OK_KINDS = frozenset({"npz", "xyz", "tar", "pdb", "cif", "traj", "json", "msgpack"})
+# SD/MOL: the molblock's own dimension flag decides (a "2D" conformer is an error in _read_sdf), so
+# planar molecules (water, benzene) at z = 0 in a block flagged 3D are kept.
+_FLAT_OK_KINDS = frozenset({"npz", "xyz", "tar", "pdb", "cif", "traj", "json", "msgpack", "sdf"})
 
 #: Every file suffix read_records understands (case-insensitive), for --help texts.
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -372,13 +383,39 @@ def _is_ensemble_npz(data) -> bool:
 # --------------------------------------------------------------------------- xyz (QM9 and extxyz)
 
 
+_COUNT_LINE = re.compile(r"^\s*\d+\s*$")
+
+
+def _is_count_line(line: str | None) -> bool:
+    return line is not None and _COUNT_LINE.match(line) is not None
+
+
+def _skip_to_count_line(stream: _LineStream) -> int:
+    """Drop lines up to the next atom-count line (left unread) or the end; → lines dropped."""
+    dropped = 0
+    while True:
+        line = stream.readline()
+        if line is None:
+            return dropped
+        if _is_count_line(line):
+            stream.unread(line)
+            return dropped
+        dropped += 1
+
+
 def _xyz_frames(stream: _LineStream, trailer: int) -> Iterator[tuple[int, list[str] | None, str]]:
     """Split xyz text into frames by their atom-count lines.
 
     Yields ``(first_line_number, frame_lines, "")`` per frame, each frame being the count
     line, the comment line, n atom lines, ``trailer`` more lines (3 for QM9) and, for
-    extxyz, any ``VEC`` lines. On an unreadable count line or a frame cut short by the end
-    of the file, yields ``(line_number, None, reason)`` and stops.
+    extxyz, any ``VEC`` lines. A frame that cannot be cut out is ``(line_number, None, reason)``
+    and reading resumes at the next atom-count line (a line holding only an integer):
+
+    * an unreadable count line;
+    * a count too large: one of the n "atom lines" is a count line (the next frame's), which
+      is left for the next frame;
+    * a count too small: the line after the frame's atoms is another atom line;
+    * a frame cut short by the end of the file.
     """
     while True:
         line = stream.readline()
@@ -387,26 +424,32 @@ def _xyz_frames(stream: _LineStream, trailer: int) -> Iterator[tuple[int, list[s
         if not line.strip():
             continue
         start = stream.lineno
-        try:
-            n = int(line.strip())
-            if n < 0:
-                raise ValueError
-        except ValueError:
+        if not _is_count_line(line):
+            dropped = _skip_to_count_line(stream)
             yield start, None, (
                 f"line {start}: expected an atom count, got {line.strip()[:40]!r}; "
-                f"cannot find the next frame, rest of file skipped"
+                f"{dropped + 1} line(s) skipped to the next atom-count line"
             )
-            return
+            continue
+        n = int(line.strip())
         frame = [line]
-        for _ in range(n + 1 + trailer):
+        short = None
+        for j in range(n + 1 + trailer):
             nxt = stream.readline()
             if nxt is None:
-                yield start, None, (
-                    f"file ends inside the frame starting on line {start} "
-                    f"({n} atoms announced, {max(len(frame) - 2, 0)} atom lines found)"
-                )
-                return
+                short = (f"file ends inside the frame starting on line {start} "
+                         f"({n} atoms announced, {max(len(frame) - 2, 0)} atom lines found)")
+                break
+            if 1 <= j <= n and _is_count_line(nxt):  # an atom line that is the next frame's count
+                stream.unread(nxt)
+                short = (f"the frame starting on line {start} announces {n} atoms but line {stream.lineno + 1} "
+                         f"is an atom-count line after {j - 1} atom lines (count too large, or atom lines "
+                         f"missing); read on from there")
+                break
             frame.append(nxt)
+        if short is not None:
+            yield start, None, short
+            continue
         while trailer == 0:
             nxt = stream.readline()
             if nxt is not None and nxt.lstrip().startswith("VEC"):
@@ -415,24 +458,88 @@ def _xyz_frames(stream: _LineStream, trailer: int) -> Iterator[tuple[int, list[s
             if nxt is not None:
                 stream.unread(nxt)
             break
-        yield start, frame, ""
+        after = stream.readline()
+        while after is not None and not after.strip():
+            after = stream.readline()
+        if not _looks_like_atom_line(after):  # the end, the next count line, or a bad one (next frame's error)
+            if after is not None:
+                stream.unread(after)
+            yield start, frame, ""
+            continue
+        line_after = stream.lineno
+        dropped = _skip_to_count_line(stream)
+        yield start, None, (
+            f"the frame starting on line {start} announces {n} atoms but line {line_after} after them is "
+            f"another atom line ({after.strip()[:40]!r}): the count is too small; frame not read, "
+            f"{dropped + 1} line(s) skipped to the next atom-count line"
+        )
+
+
+def _looks_like_atom_line(line: str | None) -> bool:
+    """``El x y z ...``: at least 4 fields, the 2nd to 4th numbers."""
+    if line is None:
+        return False
+    tokens = line.split()
+    if len(tokens) < 4:
+        return False
+    try:
+        [_qm9_float(t) for t in tokens[1:4]]
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_qm9(head: list[str]) -> bool:
+    """The first frame has the original QM9 layout: a count line, then ``gdb <index>`` and the 15
+    property values, then n atom lines of 5 fields (element, x, y, z, Mulliken charge)."""
+    if len(head) < 3 or not _is_count_line(head[0]):
+        return False
+    tokens = head[1].split()
+    if len(tokens) != 2 + len(QM9_PROPERTY_NAMES) or tokens[0] != "gdb" or not tokens[1].isdigit():
+        return False
+    try:
+        [_qm9_float(t) for t in tokens[2:]]
+    except ValueError:
+        return False
+    n = int(head[0])
+    atoms = head[2:2 + n]
+    return len(atoms) == n and all(len(a.split()) == 5 for a in atoms)
 
 
 def _read_xyz(lines: Iterable[str], source: str, opts: _Options, start: int = 0) -> Iterator[Item]:
-    """An xyz/extxyz text: original QM9 layout if line 2 starts with ``gdb``, else extxyz via ASE."""
+    """An xyz/extxyz text: the original QM9 layout when the first frame has its structure
+    (:func:`_looks_like_qm9`), else (ext)xyz via ASE. A comment that merely starts with ``gdb``
+    does not make a file QM9."""
     stream = _LineStream(lines)
-    first, second = stream.readline(), stream.readline()
-    qm9 = second is not None and second.lstrip().startswith("gdb")
-    for line in (second, first):
-        if line is not None:
-            stream.unread(line)
+    head: list[str] = []
+    first = stream.readline()
+    while first is not None and not first.strip():  # leading blank lines
+        head.append(first)
+        first = stream.readline()
+    lead = len(head)
+    if first is not None:
+        head.append(first)
+        n = int(first) if _is_count_line(first) else 0
+        for _ in range(min(n, 10_000) + 1):
+            line = stream.readline()
+            if line is None:
+                break
+            head.append(line)
+    qm9 = _looks_like_qm9(head[lead:])
+    for line in reversed(head):
+        stream.unread(line)
     parse = _qm9_record if qm9 else _extxyz_record
     index = start
     for lineno, frame, reason in _xyz_frames(stream, trailer=3 if qm9 else 0):
         if frame is None:
             yield RecordError(source, index, reason)
-            return
-        yield parse(frame, source, index, lineno)
+        else:
+            try:
+                item = parse(frame, source, index, lineno)
+            except Exception as exc:  # noqa: BLE001 - one bad frame never ends the file
+                item = RecordError(source, index, f"could not read the frame at line {lineno} "
+                                                  f"({type(exc).__name__}: {exc})")
+            yield item
         index += 1
 
 
@@ -589,7 +696,8 @@ def _sdf_blocks(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
 
 
 def _parse_sd_block(block: str):
-    """RDKit mol from one SD block: sanitised if possible, else unsanitised; (mol, messages)."""
+    """RDKit mol from one SD block: sanitised if possible, else unsanitised; (mol, messages).
+    A sanitised mol has the private property ``_molgiae_sanitized``."""
     from rdkit import Chem
 
     text = block + "$$$$\n"
@@ -606,6 +714,8 @@ def _parse_sd_block(block: str):
         if mol is not None:
             if not sanitize:
                 mol.UpdatePropertyCache(strict=False)
+            else:
+                mol.SetBoolProp("_molgiae_sanitized", True)
             return mol, messages
     return None, messages
 
@@ -620,12 +730,41 @@ def _mol_smiles(mol) -> str:
             return ""
 
 
+def _complete_hydrogens(mol):
+    """``(mol with its implicit hydrogens made explicit atoms, number added)``.
+
+    The models were trained on molecules with every hydrogen; an SD record drawn without them
+    (a heavy-atom skeleton) would be embedded as a different molecule. Hydrogens are added
+    with 3-D coordinates (RDKit ``AddHs(addCoords=True)``) when RDKit could sanitise the block
+    and the block has bonds (without bonds the implicit-hydrogen count is meaningless: every
+    carbon would get four). Records keep the number in ``hydrogens_added``."""
+    from rdkit import Chem
+
+    if mol.GetNumBonds() == 0 or not mol.HasProp("_molgiae_sanitized"):
+        return mol, 0
+    missing = sum(a.GetNumImplicitHs() for a in mol.GetAtoms())
+    if missing == 0:
+        return mol, 0
+    with _rdkit_log_capture():
+        try:
+            return Chem.AddHs(mol, addCoords=True), missing
+        except Exception:  # noqa: BLE001 - keep the record as drawn
+            return mol, 0
+
+
 def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Item]:
-    """SD/MOL text: each conformer of each block is one record; bad blocks are errors."""
+    """SD/MOL text: each conformer of each block is one record; bad blocks are errors.
+
+    Implicit hydrogens are added with coordinates (:func:`_complete_hydrogens`); a block with
+    atoms but no bond block gets its SMILES perceived from the geometry instead of RDKit's
+    dotted one (``C.C.O``)."""
     index = 0
     for start, block in _sdf_blocks(lines):
         title = block.split("\n", 1)[0].strip()
-        mol, messages = _parse_sd_block(block)
+        try:
+            mol, messages = _parse_sd_block(block)
+        except Exception as exc:  # noqa: BLE001 - e.g. RDKit's log cut inside a multi-byte character
+            mol, messages = None, [f"{type(exc).__name__}: {exc}"]
         if mol is None:
             detail = f": {'; '.join(messages)} (line numbers within the record)" if messages else ""
             yield RecordError(
@@ -635,7 +774,9 @@ def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Ite
             continue
         name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
         props = _numeric_props(mol.GetPropsAsDict(includePrivate=False, includeComputed=False))
-        smiles = _mol_smiles(mol)
+        bondless = mol.GetNumBonds() == 0 and mol.GetNumAtoms() > 1
+        smiles = "" if bondless else _mol_smiles(mol)
+        mol, added = _complete_hydrogens(mol)
         elements = rdkit_atomic_numbers(mol)
         conformers = list(mol.GetConformers())
         if not conformers:
@@ -646,10 +787,13 @@ def _read_sdf(lines: Iterable[str], source: str, opts: _Options) -> Iterator[Ite
             if not conf.Is3D():
                 yield RecordError(source, index, "no 3-D coordinates (the molblock is 2-D)", rec_name)
             else:
-                yield ConformerRecord(
+                rec = ConformerRecord(
                     elements=elements, coords=conf.GetPositions(), name=rec_name, source=source,
-                    index=index, properties=dict(props), smiles=smiles,
+                    index=index, properties=dict(props), smiles=smiles, hydrogens_added=added,
                 )
+                if bondless:  # no bond block: bonds (and the SMILES) from the geometry
+                    rec.smiles = perceive_smiles(rec)
+                yield rec
             index += 1
 
 

@@ -5,6 +5,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Longest record name kept (a title line of 100 MB is not a name); longer ones are cut and marked.
+MAX_NAME_CHARS = 200
+#: Longest error reason kept.
+MAX_REASON_CHARS = 2000
+
+
+def cap_text(text: str, limit: int) -> str:
+    """``text`` itself, or its first ``limit`` characters and how long it really was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [cut: {len(text):,} characters]"
+
 
 @dataclass
 class ConformerRecord:
@@ -18,6 +30,8 @@ class ConformerRecord:
         index: the record's 0-based position in its source (conformers count separately).
         properties: optional labels, e.g. QM9 properties in the file's own units.
         smiles: a SMILES string when the source carries one or it could be perceived, else "".
+        hydrogens_added: hydrogens the reader added to the file's atoms (an SD record drawn
+            without them: :mod:`molgiae.data.readers`), 0 when the file had them all.
     """
 
     elements: np.ndarray
@@ -27,8 +41,10 @@ class ConformerRecord:
     index: int = 0
     properties: dict[str, float] = field(default_factory=dict)
     smiles: str = ""
+    hydrogens_added: int = 0
 
     def __post_init__(self) -> None:
+        self.name = cap_text(str(self.name), MAX_NAME_CHARS)
         self.elements = np.asarray(self.elements, dtype=np.int64).reshape(-1)
         self.coords = np.asarray(self.coords, dtype=np.float64).reshape(-1, 3)
         if len(self.elements) != len(self.coords):
@@ -49,6 +65,10 @@ class RecordError:
     index: int
     reason: str
     name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = cap_text(str(self.name), MAX_NAME_CHARS)
+        self.reason = cap_text(str(self.reason), MAX_REASON_CHARS)
 
     def __str__(self) -> str:
         where = f"{self.source}, record {self.index}"
@@ -80,6 +100,16 @@ def check_geometry(
             return f"non-finite coordinate (NaN or inf) at atom {int(bad[0]) + 1}"
     if not allow_flat and n > 3 and not x[:, 2].any():
         return "no 3-D coordinates (all z = 0): a 2-D structure"
+    if n > 64:  # O(n log n) closest pair: the dense test below is O(n²) (seconds at 2,000 atoms)
+        from scipy.spatial import cKDTree
+
+        d, j = cKDTree(x).query(x, k=2)
+        i = int(d[:, 1].argmin())
+        if d[i, 1] < min_distance:
+            other = int(j[i, 1]) if int(j[i, 1]) != i else int(j[i, 0])  # exact duplicates: either order
+            a, b = sorted((i, other))
+            return f"atoms {a + 1} and {b + 1} are {d[i, 1]:.3f} Å apart (overlapping atoms)"
+        return None
     if n > 1:
         diff = x[:, None, :] - x[None, :, :]
         d2 = np.einsum("ijk,ijk->ij", diff, diff)

@@ -57,6 +57,7 @@ from molgiae.data.conformers import ConformerSet
 from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord, RecordError
 from molgiae.data.split import name_key
+from molgiae.outputs import refuse_input_as_output, remove_stale_temps
 
 STORE_FORMAT = "molgiae-conformer-store-1"
 STORE_SUFFIXES = (".h5", ".hdf5")
@@ -186,6 +187,7 @@ def write_store(
 
     t0 = time.time()
     path = Path(path)
+    remove_stale_temps(path)  # .OUT.<pid>.tmp / .parts of runs that were killed
     tag = f".{path.name}.{os.getpid()}"
     spool_dir = path.with_name(tag + ".parts")
     tmp = path.with_name(tag + ".tmp")
@@ -283,6 +285,7 @@ def prepare_store(
     and write one store. GEOM rdkit_folder pickles are unpickled here (which executes code
     from them; see :mod:`molgiae.data.geom`)."""
     inputs = [str(p) for p in inputs]
+    refuse_input_as_output(out, inputs, what="store")
     return write_store(iter_records(inputs, **reader_options), out, inputs=inputs, group_by=group_by,
                        on_error=on_error, progress=progress)
 

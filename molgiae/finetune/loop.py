@@ -148,6 +148,18 @@ def finetune_splits(
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
+def training_domain(data: ConformerSet, train_ids: np.ndarray) -> dict:
+    """What the model was trained on, for ``predict``'s in-domain flag: the atom-count range
+    and the elements of the training molecules."""
+    train_ids = np.asarray(train_ids, dtype=np.int64)
+    if len(train_ids) == 0:
+        return {"n_atoms_min": 0, "n_atoms_max": 0, "elements": []}
+    n = np.asarray(data.n_atoms)[train_ids]
+    atom_conf = np.repeat(np.arange(len(data.n_atoms)), np.asarray(data.n_atoms))
+    elements = np.unique(np.asarray(data.elements)[np.isin(atom_conf, train_ids)])
+    return {"n_atoms_min": int(n.min()), "n_atoms_max": int(n.max()), "elements": [int(z) for z in elements]}
+
+
 def predict_ids(model: PropertyModel, data: ConformerSet, ids: np.ndarray, batch_size: int,
                 device: torch.device) -> np.ndarray:
     """Predictions (target unit, float64) for rows ``ids`` of ``data``, in the order of ``ids``."""
@@ -436,6 +448,7 @@ def finetune(
         "split": {"val_fraction": ae_config.train.val_fraction, "test_fraction": ae_config.train.test_fraction,
                   "split_seed": ae_config.train.split_seed},
         "pooling": model.pooling,
+        "training_domain": training_domain(data, train_ids),
         "target_mean": float(model.target_mean),
         "target_std": float(model.target_std),
         "hyperparameters": dataclasses.asdict(cfg),

@@ -166,6 +166,7 @@ def load_property_checkpoint(path: str | Path, map_location: str | torch.device 
 
     return load_checkpoint(
         path, map_location, expected_format=PROPERTY_FORMAT, what="a fine-tuned molgiae property model",
+        required=("config", "property", "model"),
         hints={CHECKPOINT_FORMAT: " (an autoencoder checkpoint: fine-tune it first with `molgiae finetune`)"},
     )
 
@@ -211,6 +212,32 @@ class PropertyPredictor:
 
         return check_record(record, self.elements)
 
+    @property
+    def domain(self) -> dict:
+        """The training domain: ``n_atoms_min``, ``n_atoms_max``, ``elements`` of the fine-tuning
+        training molecules (``training_domain`` in the checkpoint's metadata); for checkpoints
+        written before it was recorded, the autoencoder's ``max_atoms`` and vocabulary."""
+        d = self.metadata.get("training_domain")
+        if isinstance(d, dict) and d.get("elements"):
+            return d
+        return {"n_atoms_min": 1, "n_atoms_max": int(self.model.config.max_atoms),
+                "elements": [int(z) for z in self.elements]}
+
+    def domain_note(self, record) -> str:
+        """"" when ``record`` lies inside the training domain, else why not (a prediction far
+        outside it, e.g. a 200-atom alkane for a QM9 model, is an extrapolation)."""
+        from molgiae.chem import symbol
+
+        d = self.domain
+        notes = []
+        n = record.n_atoms
+        if not d["n_atoms_min"] <= n <= d["n_atoms_max"]:
+            notes.append(f"{n} atoms, training molecules had {d['n_atoms_min']}-{d['n_atoms_max']}")
+        unseen = sorted(set(record.elements.tolist()) - set(d["elements"]))
+        if unseen:
+            notes.append(f"element(s) {', '.join(symbol(z) for z in unseen)} not in the training molecules")
+        return "; ".join(notes)
+
     @torch.no_grad()
     def predict_records(self, records: Sequence) -> np.ndarray:
         """Predictions (target unit) of valid records. → float64 [len(records)]."""
@@ -253,6 +280,7 @@ class PredictSummary:
 
     out: Path
     n_predicted: int = 0
+    n_out_of_domain: int = 0
     n_failed: int = 0
     n_records: int = 0
     n_files: int = 0
@@ -261,14 +289,18 @@ class PredictSummary:
 
 def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], out: str | Path, *,
                    batch_size: int = 64, reader_options: dict | None = None, progress=None, on_error=None,
-                   smiles: bool = True, read_ahead: bool = False) -> PredictSummary:
+                   smiles: bool = True, read_ahead: bool = False, max_atoms: int | None = 500) -> PredictSummary:
     """Predict the target for every conformer of ``inputs`` (any format of the readers) into a CSV.
 
-    Columns: source, record, name, smiles, n_atoms, ``<target>_<unit>``; rows in input order.
+    Columns: source, record, name, smiles, n_atoms, ``<target>_<unit>``, ``in_domain`` (``true``
+    when the molecule's size and elements lie within the training molecules',
+    :meth:`PropertyPredictor.domain_note`) and ``note`` (why not, and hydrogens added by the
+    reader); rows in input order.
     Bad records are skipped and passed to ``on_error`` (the same checks and streaming as
     ``molgiae embed``). The file is written to a temporary name and renamed; when nothing could
     be predicted, :class:`molgiae.embedding.NothingWrittenError` is raised and no file is left.
     ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
+    ``max_atoms``: records with more atoms are errors (memory bound; None: no cap).
     """
     import os
     import time
@@ -278,28 +310,38 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     from molgiae.data.record import RecordError
     from molgiae.embedding import NothingWrittenError, stream_results
 
+    from molgiae.outputs import refuse_input_as_output, temp_path
+
     out = Path(out)
+    refuse_input_as_output(out, inputs)
     start = time.perf_counter()
     summary = PredictSummary(out=out)
     positioned, sources = read_positioned(inputs, reader_options, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = temp_path(out)
     column = prediction_column(predictor.target)
     try:
         import csv
 
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["source", "record", "name", "smiles", "n_atoms", column])
+            w.writerow(["source", "record", "name", "smiles", "n_atoms", column, "in_domain", "note"])
             for _, item, value in stream_results(predictor, positioned, predictor.predict_records,
-                                                 batch_size=batch_size, progress=progress, on_error=on_error):
+                                                 batch_size=batch_size, progress=progress, on_error=on_error,
+                                                 max_atoms=max_atoms):
                 summary.n_records += 1
                 if isinstance(item, RecordError):
                     summary.n_failed += 1
                     continue
                 smi = item.smiles or (perceive_smiles(item) if smiles and not read_ahead else "")
-                w.writerow([item.source, item.index, item.name, smi, item.n_atoms, repr(float(value))])
+                outside = predictor.domain_note(item)
+                notes = [f"outside the training domain: {outside}"] if outside else []
+                if item.hydrogens_added:
+                    notes.append(f"{item.hydrogens_added} hydrogens added by the reader")
+                w.writerow([item.source, item.index, item.name, smi, item.n_atoms, repr(float(value)),
+                            "false" if outside else "true", "; ".join(notes)])
                 summary.n_predicted += 1
+                summary.n_out_of_domain += bool(outside)
         summary.n_files = len(sources)
         if summary.n_predicted == 0:
             raise NothingWrittenError(f"no conformer could be predicted ({summary.n_failed} failed); "
