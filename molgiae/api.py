@@ -200,9 +200,26 @@ class MolgiaeModel:
         return out
 
 
+def bundled_models() -> list[str]:
+    """Names of the checkpoints shipped with the package (``load_model(name)`` loads one)."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """None → the default model; an existing file → itself; the bare name of a bundled
+    checkpoint (e.g. ``molgiae-qm9-smooth``) → that file in the package."""
+    if path is None:
+        return default_checkpoint()
+    path = Path(path)
+    if not path.exists() and path.parent == Path(".") and (PRETRAINED_DIR / f"{path.stem}.pt").is_file():
+        return PRETRAINED_DIR / f"{path.stem}.pt"
+    return path
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> MolgiaeModel:
-    """Load a checkpoint (``weights_only=True``); the bundled default model when ``path`` is None."""
-    path = Path(path) if path is not None else default_checkpoint()
+    """Load a checkpoint (``weights_only=True``): a path, the name of a bundled model
+    (:func:`bundled_models`), or the default model when ``path`` is None."""
+    path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=device)
     model, config = model_from_checkpoint(ckpt)
     return MolgiaeModel(model, config, path, dict(ckpt.get("metadata", {})), device)

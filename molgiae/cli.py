@@ -174,7 +174,7 @@ def train(
 @app.command(context_settings=MULTI_PATH)
 def evaluate(
     ctx: typer.Context,
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled default model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint file or bundled model name (default: the bundled default model)."),
     data: List[Path] = typer.Option(..., "--data", help="QM9 npz or molecule files."),
     split: str = typer.Option("all", help="all | test | val | train: molecules of this split of the checkpoint."),
     limit: Optional[int] = typer.Option(None, help="Evaluate at most N molecules (seeded choice)."),
@@ -266,7 +266,7 @@ def _embedding_section(m, dataset, pool, ensembles: Optional[Path], n_noise: int
 
 # ----------------------------------------------------------------------------- info
 @app.command()
-def info(model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled default model).")):
+def info(model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint file or bundled model name (default: the bundled default model).")):
     """Print a model's card: data, split, training, size and measured metrics."""
     m = _open_model(model)
     meta = m.metadata
@@ -377,7 +377,7 @@ def _files_word(n: int) -> str:
 def embed(
     inputs: List[str] = typer.Argument(..., help=_INPUT_HELP, show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file (replaced atomically)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint file or bundled model name (default: the bundled model)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only records whose global position p has "
@@ -427,7 +427,7 @@ def reconstruct(
     canonical: bool = typer.Option(False, "--canonical", help="Write the canonical conformer (centred, the "
                                                               "model's own frame and atom order) instead of "
                                                               "the reconstruction in the input's pose and order."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint (default: the bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Checkpoint file or bundled model name (default: the bundled model)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Conformers per model call."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     num_conformers: int = typer.Option(1, "--num-conformers", help="Conformers per SMILES (.smi/.csv)."),
@@ -554,7 +554,7 @@ def finetune_cmd(
     """
     import os
 
-    from molgiae.api import default_checkpoint_path
+    from molgiae.api import default_checkpoint_path, resolve_checkpoint
     from molgiae.finetune.targets import get_target
 
     if compare_runs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -574,6 +574,8 @@ def finetune_cmd(
         fail(f"--lr must be > 0, got {lr}")
     if compare_runs and scratch:
         fail("--compare runs both the pretrained and the scratch model; drop --scratch")
+    if pretrained is not None:
+        pretrained = resolve_checkpoint(pretrained)  # a path or a bundled model's name
     if pretrained is not None and not pretrained.is_file():
         fail(f"checkpoint not found: {pretrained}")
     if pretrained is None:

@@ -1,6 +1,7 @@
 """The bundled default model: it loads (weights_only), its card is shown, and it still
 reconstructs real QM9 molecules of its own test split as well as when it was shipped."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,17 @@ def test_embed_uses_the_default_model_without_a_path(tmp_path):
     with h5py.File(tmp_path / "out.h5") as f:
         assert f["embedding"].shape == (24, 128)
         assert np.isfinite(f["embedding"][:]).all()
+
+
+def test_bundled_models_load_by_name_and_paths_win(tmp_path, monkeypatch):
+    from molgiae.api import PRETRAINED_DIR, bundled_models, resolve_checkpoint
+
+    assert "molgiae-qm9" in bundled_models()
+    assert resolve_checkpoint("molgiae-qm9") == PRETRAINED_DIR / "molgiae-qm9.pt"
+    assert load_model("molgiae-qm9").path == DEFAULT_CHECKPOINT
+    # a file of that name in the working directory is what the user means
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DEFAULT_CHECKPOINT, tmp_path / "molgiae-qm9")
+    assert resolve_checkpoint("molgiae-qm9") == Path("molgiae-qm9")
+    result = CliRunner().invoke(app, ["info", "--model", "no-such-model"])
+    assert result.exit_code != 0 and "no-such-model" in result.output
