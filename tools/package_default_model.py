@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "molgiae" / "pretrained" / "molgiae-qm9.pt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--notes", default="")
+    ap.add_argument("--name", default=None, help="model name in its card (default: the output file's stem)")
     ap.add_argument("--ensembles", type=Path, default=None, help="conformer-ensemble npz for the embedding section")
     ap.add_argument("--embedding-json", type=Path, default=None,
                     help="take the embedding section from this bench/embedding_quality.py --json output")
@@ -69,7 +70,7 @@ def main() -> None:
         ens = load_conformers([args.ensembles]) if args.ensembles else None
         summary["embedding"] = embedding_metrics(model, data, test, ens)
     meta = dict(ckpt["metadata"])
-    meta.update(name="molgiae-qm9", test_metrics={k: v for k, v in summary.items() if k != "worst"},
+    meta.update(name=args.name or args.out.stem, test_metrics={k: v for k, v in summary.items() if k != "worst"},
                 checkpoint_of=f"{args.which}.pt", notes=args.notes)
     packaged = {**ckpt, "metadata": meta}
     if args.which == "last":
