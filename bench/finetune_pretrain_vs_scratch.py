@@ -27,7 +27,7 @@ import torch
 from molgiae.api import file_sha256
 from molgiae.data.loading import load_conformers
 from molgiae.finetune.compare import COMPARE_COLUMNS, compare, summarize
-from molgiae.finetune.loop import _atomic_csv
+from molgiae.outputs import atomic_csv
 from molgiae.finetune.targets import get_target
 from molgiae.training import load_checkpoint, select_device
 
@@ -110,7 +110,7 @@ def main() -> None:
                       f"{r['best_epoch']}/{r['epochs_run']}, {r['wall_seconds']:.0f} s)", file=sys.stderr)
             print(f"  [{target} {fraction:g} done in {time.time() - t1:.0f} s]", file=sys.stderr)
     wall = time.time() - t0
-    _atomic_csv(args.out / "runs.csv", COMPARE_COLUMNS, rows)
+    atomic_csv(args.out / "runs.csv", COMPARE_COLUMNS, rows)
     summary = summarize(rows)
     lines = table(summary)
     print("\n".join(lines))

@@ -33,7 +33,6 @@ shard still reads all inputs, but only checks, embeds and writes its own records
 from __future__ import annotations
 
 import json
-import os
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,7 +48,7 @@ from molgiae.data.batching import size_sorted_batches
 from molgiae.data.molecules import perceive_smiles, rdkit_molecule
 from molgiae.data.read_ahead import position, read_positioned
 from molgiae.data.record import ConformerRecord, RecordError
-from molgiae.outputs import refuse_input_as_output, temp_path
+from molgiae.outputs import atomic_output, atomic_savefig, refuse_input_as_output
 from molgiae.runtime import release_free_memory
 
 if TYPE_CHECKING:
@@ -237,18 +236,6 @@ def stream_results(
     yield from _process_window(window, process, batch_size, on_error)
 
 
-def _temp_path(out: Path) -> Path:
-    """``OUT.tmp-<pid>`` (stale ones of dead processes are removed first: :mod:`molgiae.outputs`)."""
-    return temp_path(out)
-
-
-def _discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
 # =========================================================================== HDF5 writer
 
 
@@ -413,14 +400,13 @@ def _embed_positioned(
     start = time.perf_counter()
     shard_label = f"{shard[0]}/{shard[1]}" if shard else ""
     summary = EmbedSummary(out=out, shard=shard_label)
-    tmp = _temp_path(out)
     attrs = {
         "format": FORMAT, "model_sha256": model.sha256, "model_name": model.path.name,
         "molgiae_version": __version__, "embedding_dim": model.embedding_dim,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "shard": shard_label, "inputs": json.dumps(list(inputs)),
     }
-    try:
+    with atomic_output(out) as tmp:
         writer = _EmbeddingWriter(tmp, model.embedding_dim, attrs)
         try:
             results = stream_results(model, positioned, model.embed_records,
@@ -440,10 +426,6 @@ def _embed_positioned(
         if summary.n_embedded == 0:
             raise NothingWrittenError(f"no conformer could be embedded ({summary.n_failed} failed); "
                                       f"nothing written to {out}", summary)
-        os.replace(tmp, out)
-    except BaseException:
-        _discard(tmp)
-        raise
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -545,7 +527,6 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
             raise MergeError(f"shard file not found: {p}")
     out = Path(out)
     refuse_input_as_output(out, shards)
-    tmp = _temp_path(out)
     files = []
     try:
         for p in shards:
@@ -556,7 +537,7 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
         missing = _check_compatible(files, shards)
         row_plan = _merge_plan([f["input_order"][:] for f in files], "embedding", shards)
         err_plan = _merge_plan([f["errors/input_order"][:] for f in files], "error", shards)
-        with h5py.File(tmp, "w") as g:
+        with atomic_output(out) as tmp, h5py.File(tmp, "w") as g:
             for key, value in files[0].attrs.items():
                 g.attrs[key] = value
             g.attrs["shard"] = ",".join(str(f.attrs["shard"]) for f in files) if missing else ""
@@ -566,10 +547,6 @@ def merge_hdf5(shards: Sequence[Path], out: Path) -> MergeSummary:
             common = [k for k in ROW_DATASETS if all(k in f for f in files)]  # older files: no hydrogens_added
             _merge_group([{k: f[k] for k in common} for f in files], g, row_plan)
             _merge_group([f["errors"] for f in files], g.create_group("errors"), err_plan)
-        os.replace(tmp, out)
-    except BaseException:
-        _discard(tmp)
-        raise
     finally:
         for f in files:
             f.close()
@@ -637,10 +614,9 @@ def reconstruct_to_sdf(
     start = time.perf_counter()
     summary = ReconstructSummary(out=out)
     rmsds, accs = array("d"), array("d")
-    tmp = _temp_path(out)
     positioned, sources = read_positioned(inputs, reader_options, read_ahead=read_ahead)
     process = lambda recs: model.reconstruct_records(recs, canonical=canonical)  # noqa: E731
-    try:
+    with atomic_output(out) as tmp:
         writer = Chem.SDWriter(str(tmp))
         try:
             for _, item, rec in stream_results(model, positioned, process,
@@ -661,10 +637,6 @@ def reconstruct_to_sdf(
         if not rmsds:
             raise NothingWrittenError(f"no conformer could be reconstructed ({summary.n_failed} failed); "
                                       f"nothing written to {out}", summary)
-        os.replace(tmp, out)
-    except BaseException:
-        _discard(tmp)
-        raise
     r = np.frombuffer(rmsds, dtype=np.float64)
     summary.rmsd_mean, summary.rmsd_median = float(r.mean()), float(np.median(r))
     summary.element_accuracy_mean = float(np.frombuffer(accs, dtype=np.float64).mean())
@@ -752,15 +724,7 @@ def embedding_map(h5: Path, out_png: Path, method: str = "pca", color_by: str | 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.tight_layout()
-    tmp = _temp_path(Path(out_png))
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out_png)
-    except BaseException:
-        _discard(tmp)
-        raise
-    finally:
-        plt.close(fig)
+    atomic_savefig(fig, out_png)
     return len(pts)
 
 

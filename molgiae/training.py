@@ -19,7 +19,6 @@ logs and the progress bar; ``--resume`` reloads ``last.pt`` on every rank.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from molgiae.config import Config
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
+from molgiae.outputs import atomic_csv, atomic_output, atomic_savefig, atomic_write_text, remove_stale_temps
 
 CHECKPOINT_FORMAT = "molgiae-checkpoint-1"
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_rmsd", "val_element_accuracy", "seconds")
@@ -62,28 +62,8 @@ def hardware_description(device: torch.device) -> str:
 # ----------------------------------------------------------------------------- checkpoints
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same directory, then rename (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as PNG through a temporary file and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class CheckpointError(RuntimeError):
@@ -311,17 +291,11 @@ def write_learning_curve(rows: list[dict], path: Path) -> None:
     ax[1].plot(ep, [r["val_rmsd"] for r in rows], "o-", color="C2")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("val rmsd (Å, hard P)")
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
+    atomic_csv(path, METRIC_COLUMNS, rows)
 
 
 @torch.no_grad()
@@ -370,10 +344,8 @@ def train(
         quiet, log = True, (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if rank0:  # temporary files of a run killed mid-write (SIGKILL): .last.pt.<pid>.tmp, ...
-        from molgiae.outputs import remove_stale_temps
-
-        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png"):
+    if rank0:  # temporary files of a run killed mid-write (SIGKILL): last.pt.tmp-<pid>, ...
+        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png", "metrics.csv"):
             remove_stale_temps(out / name)
     device = select_device(tc.device)
     if dist_info.enabled and device.type == "cuda":

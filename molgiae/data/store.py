@@ -34,7 +34,7 @@ to 1 (conformers dropped as unreadable no longer count); otherwise every conform
 ``1 / n_conformers``. The raw value stays in ``properties``.
 
 Writing streams: records go to raw temporary files next to the output (memory holds only the
-small per-conformer columns), the HDF5 file is built in ``.OUT.<pid>.tmp`` and renamed at the
+small per-conformer columns), the HDF5 file is built in ``OUT.tmp-<pid>`` and renamed at the
 end; an exception leaves no partial store.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ from molgiae.data.conformers import ConformerSet
 from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord, RecordError
 from molgiae.data.split import name_key
-from molgiae.outputs import refuse_input_as_output, remove_stale_temps
+from molgiae.outputs import atomic_output, refuse_input_as_output, remove_stale_temps
 
 STORE_FORMAT = "molgiae-conformer-store-1"
 STORE_SUFFIXES = (".h5", ".hdf5")
@@ -187,10 +187,8 @@ def write_store(
 
     t0 = time.time()
     path = Path(path)
-    remove_stale_temps(path)  # .OUT.<pid>.tmp / .parts of runs that were killed
-    tag = f".{path.name}.{os.getpid()}"
-    spool_dir = path.with_name(tag + ".parts")
-    tmp = path.with_name(tag + ".tmp")
+    remove_stale_temps(path)  # OUT.tmp-<pid> / .OUT.<pid>.parts of runs that were killed
+    spool_dir = path.with_name(f".{path.name}.{os.getpid()}.parts")
     if spool_dir.exists():
         shutil.rmtree(spool_dir)
     spool = _Spool(spool_dir)
@@ -215,7 +213,7 @@ def write_store(
         weight = normalised_weights(molecule, np.frombuffer(spool.raw_weight, dtype=np.float64))
         prop_names = sorted(spool.prop_names)
         text = h5py.string_dtype("utf-8")
-        with h5py.File(tmp, "w") as f:
+        with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
             el = f.create_dataset("elements", shape=(n_total,), dtype=np.uint8)
             xyz = f.create_dataset("coords", shape=(n_total, 3), dtype=np.float32)
             for start in range(0, n_total, _BLOCK_ROWS):
@@ -261,10 +259,8 @@ def write_store(
                 "inputs": json.dumps([str(p) for p in inputs]), "n_conformers": n_conf, "n_molecules": n_mol,
                 "n_atoms": n_total, "n_errors": len(errs), "group_by": group_by,
             })
-        os.replace(tmp, path)
     except BaseException:
         spool.close()
-        tmp.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)

@@ -27,16 +27,14 @@ loadable with ``weights_only=True``) and ``learning_curve.png``.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,6 +47,7 @@ from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import split_ids
 from molgiae.finetune.model import PropertyModel, property_checkpoint
 from molgiae.finetune.targets import get_target, target_values
+from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_mae", "seconds")
 PREDICTION_COLUMNS = ("name", "key", "split", "target", "prediction")
@@ -179,21 +178,6 @@ def predict_ids(model: PropertyModel, data: ConformerSet, ids: np.ndarray, batch
 
 
 # ----------------------------------------------------------------------------- artefacts
-def _atomic_csv(path: Path, columns: Sequence[str], rows: Iterable[dict | Sequence]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(columns)
-            for r in rows:
-                w.writerow([r[c] for c in columns] if isinstance(r, dict) else r)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_finetune_curve(history: list[dict], path: Path, report_unit: str, report_scale: float, title: str = "") -> None:
     import matplotlib
 
@@ -211,8 +195,6 @@ def finish_curve_figure(fig, ax, path: Path, report_unit: str, title: str = "") 
     """Label the (train loss, val MAE) axes of a fine-tuning curve figure and save it atomically."""
     from matplotlib.ticker import MaxNLocator
 
-    from molgiae.training import atomic_savefig
-
     ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss (standardised)"), ax[0].set_yscale("log")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val MAE ({report_unit})"), ax[1].set_yscale("log")
     for a in ax:
@@ -220,7 +202,7 @@ def finish_curve_figure(fig, ax, path: Path, report_unit: str, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -392,7 +374,7 @@ def finetune(
                    "seconds": round(time.time() - t0, 2)}
             history.append(row)
             if rank0:
-                _atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
+                atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
             improved = not math.isfinite(best["val_mae"]) or val_mae < best["val_mae"]
             if improved or not len(val_ids):
                 best = {"val_mae": val_mae, "epoch": epoch,
@@ -455,7 +437,7 @@ def finetune(
         "device": str(dev),
         "metadata": dict(metadata or {}),
     }
-    from molgiae.training import atomic_torch_save, atomic_write_text
+    from molgiae.training import atomic_torch_save
 
     result["molgiae_version"] = __version__
     if dist_info.enabled:
@@ -477,7 +459,7 @@ def finetune(
                 yield {"name": data.names[i], "key": int(data.keys[i]), "split": name,
                        "target": repr(float(labels[i])), "prediction": repr(float(p))}
 
-    _atomic_csv(out / "predictions.csv", PREDICTION_COLUMNS, prediction_rows())
+    atomic_csv(out / "predictions.csv", PREDICTION_COLUMNS, prediction_rows())
     model.cpu().eval()
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     write_finetune_curve(history, out / "learning_curve.png", spec.report_unit, spec.report_scale,

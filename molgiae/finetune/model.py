@@ -15,6 +15,7 @@ kinds). ``a_i`` is an MLP of the encoder's invariant atom features ``s_i``.
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -302,7 +303,6 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
     ``max_atoms``: records with more atoms are errors (memory bound; None: no cap).
     """
-    import os
     import time
 
     from molgiae.data.molecules import perceive_smiles
@@ -310,7 +310,7 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     from molgiae.data.record import RecordError
     from molgiae.embedding import NothingWrittenError, stream_results
 
-    from molgiae.outputs import refuse_input_as_output, temp_path
+    from molgiae.outputs import atomic_output, refuse_input_as_output
 
     out = Path(out)
     refuse_input_as_output(out, inputs)
@@ -318,11 +318,8 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     summary = PredictSummary(out=out)
     positioned, sources = read_positioned(inputs, reader_options, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
-    tmp = temp_path(out)
     column = prediction_column(predictor.target)
-    try:
-        import csv
-
+    with atomic_output(out) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["source", "record", "name", "smiles", "n_atoms", column, "in_domain", "note"])
@@ -346,9 +343,5 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
         if summary.n_predicted == 0:
             raise NothingWrittenError(f"no conformer could be predicted ({summary.n_failed} failed); "
                                       f"nothing written to {out}", summary)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     summary.seconds = time.perf_counter() - start
     return summary
