@@ -13,12 +13,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from molgiae.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_records, size_sorted_batches
 from molgiae.data.molecules import rdkit_atomic_numbers
 from molgiae.data.record import ConformerRecord, RecordError, check_record
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
-from molgiae.training import CheckpointError, load_checkpoint, model_from_checkpoint
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_CHECKPOINT = PRETRAINED_DIR / "molgiae-qm9.pt"

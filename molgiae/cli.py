@@ -32,7 +32,8 @@ def fail(msg: str, code: int = 1) -> None:
 
 def _open_model(model: Optional[Path], device: str = "cpu"):
     from molgiae.api import load_model
-    from molgiae.training import CheckpointError, select_device
+    from molgiae.checkpoint import CheckpointError
+    from molgiae.training import select_device
 
     try:
         return load_model(model, device=select_device(device))
@@ -108,7 +109,7 @@ def train(
     data = _with_extra_paths(ctx, data)
     if threads:
         torch.set_num_threads(threads)
-    from molgiae.training import CheckpointError, load_checkpoint
+    from molgiae.checkpoint import CheckpointError, load_checkpoint
 
     cfg = Config()
     try:
@@ -592,7 +593,7 @@ def finetune_cmd(
     import torch
 
     from molgiae.data.loading import load_conformers
-    from molgiae.training import CheckpointError
+    from molgiae.checkpoint import CheckpointError
 
     if threads:
         torch.set_num_threads(threads)
@@ -652,7 +653,8 @@ def predict_cmd(
     """
     from molgiae.embedding import NothingWrittenError
     from molgiae.finetune.model import load_predictor, prediction_column, predict_to_csv
-    from molgiae.training import CheckpointError, select_device
+    from molgiae.checkpoint import CheckpointError
+    from molgiae.training import select_device
 
     options = _reader_options(num_conformers, seed, smiles_column)
     _check_out_dir(out, inputs)

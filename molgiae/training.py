@@ -1,4 +1,4 @@
-"""Training loop, checkpoints (atomic, resumable, weights_only-loadable) and run artefacts.
+"""Training loop, resumable checkpoints (format and loader: :mod:`molgiae.checkpoint`) and run artefacts.
 
 A run directory holds ``config.json``, ``last.pt`` (every ``checkpoint_every`` steps and every
 epoch), ``best.pt`` (best validation rmsd), ``metrics.csv``, ``learning_curve.png`` and
@@ -28,19 +28,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from molgiae._version import __version__
+from molgiae.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, load_checkpoint
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
-from molgiae.outputs import atomic_csv, atomic_output, atomic_savefig, atomic_write_text, remove_stale_temps
+from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
 
-CHECKPOINT_FORMAT = "molgiae-checkpoint-1"
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_rmsd", "val_element_accuracy", "seconds")
 
 
@@ -57,59 +57,6 @@ def hardware_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same directory, then rename (never a half file)."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def load_checkpoint(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    expected_format: str = CHECKPOINT_FORMAT,
-    what: str = "a molgiae checkpoint",
-    hints: dict[str, str] | None = None,
-    required: tuple[str, ...] = ("config", "model"),
-) -> dict:
-    """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or
-    foreign files, and for files with the right format tag but without the ``required`` keys or
-    with an invalid config. ``hints`` maps a wrong file's format to advice appended to the error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    found = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if found != expected_format:
-        hint = (hints or {}).get(found, "")
-        raise CheckpointError(f"{path} is not {what} (format {expected_format}){hint}")
-    missing = [k for k in required if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} has the {expected_format} format tag but lacks {', '.join(map(repr, missing))}: "
-                              f"a damaged or hand-made file")
-    if "config" in required:
-        try:
-            Config.from_dict(ckpt["config"])
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CheckpointError(f"{path} has an unusable config: {type(exc).__name__}: {exc}") from None
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> tuple[GroupInvariantAutoencoder, Config]:
-    config = Config.from_dict(ckpt["config"])
-    model = GroupInvariantAutoencoder(config.model)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, config
 
 
 def _rng_state(np_rng: np.random.Generator) -> dict:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from molgiae.data.conformers import QM9_FORMAT, load_qm9_npz  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.outputs import atomic_output  # noqa: E402
-from molgiae.training import load_checkpoint  # noqa: E402
+from molgiae.checkpoint import load_checkpoint  # noqa: E402
 
 DEFAULT_DATA = [ROOT.parent / "shared" / "data" / "qm9" / f"qm9_full_part{i}of2.npz" for i in (1, 2)]
 DEFAULT_CHECKPOINT = ROOT / "molgiae" / "pretrained" / "molgiae-qm9.pt"

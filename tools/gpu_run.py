@@ -52,15 +52,14 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from molgiae.checkpoint import load_checkpoint  # noqa: E402
 from molgiae.config import Config  # noqa: E402
 from molgiae.data.batching import batch_from_set, bucketed_batches  # noqa: E402
 from molgiae.data.loading import load_conformers  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss  # noqa: E402
 from molgiae.outputs import atomic_output, atomic_write_text  # noqa: E402
-from molgiae.training import (  # noqa: E402
-    hardware_description, load_checkpoint, select_device, train, validate,
-)
+from molgiae.training import hardware_description, select_device, train, validate  # noqa: E402
 
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 

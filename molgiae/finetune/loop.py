@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from molgiae._version import __version__
+from molgiae.checkpoint import atomic_torch_save, load_checkpoint
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
@@ -211,7 +212,6 @@ def _resolve_architecture(pretrained: Path | None, scratch: bool, model_config: 
     """(autoencoder config, its checkpoint or None, sha256 of the checkpoint file or None)."""
     if pretrained is not None:
         from molgiae.api import file_sha256
-        from molgiae.training import load_checkpoint
 
         ckpt = load_checkpoint(pretrained)
         return Config.from_dict(ckpt["config"]), ckpt, file_sha256(pretrained)
@@ -437,8 +437,6 @@ def finetune(
         "device": str(dev),
         "metadata": dict(metadata or {}),
     }
-    from molgiae.training import atomic_torch_save
-
     result["molgiae_version"] = __version__
     if dist_info.enabled:
         result["world_size"] = world

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from molgiae import group
+from molgiae.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from molgiae.config import Config, ModelConfig
 from molgiae.finetune.targets import get_target
 from molgiae.model import DenseMolecules, ElementVocabulary
@@ -163,8 +164,6 @@ def property_checkpoint(model: PropertyModel, autoencoder_config: Config, metada
 
 def load_property_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a fine-tuned checkpoint with ``weights_only=True``; CheckpointError when it is not one."""
-    from molgiae.training import CHECKPOINT_FORMAT, load_checkpoint
-
     return load_checkpoint(
         path, map_location, expected_format=PROPERTY_FORMAT, what="a fine-tuned molgiae property model",
         required=("config", "property", "model"),
