@@ -399,7 +399,8 @@ def embed(
     Bad records are skipped (listed on stderr and in the file's errors table). Exit code 0 when
     at least one conformer was embedded, 1 when none was (then no file is written).
     """
-    from molgiae.embedding import NothingWrittenError, embed_to_hdf5, parse_shard
+    from molgiae.embedding.hdf5 import embed_to_hdf5
+    from molgiae.embedding.streaming import NothingWrittenError, parse_shard
 
     try:
         shard_spec = parse_shard(shard) if shard else None
@@ -443,7 +444,8 @@ def reconstruct(
     SD properties: molgiae_rmsd (Å vs the input, no alignment), molgiae_element_accuracy,
     molgiae_source, molgiae_record. Exit code as for `embed`.
     """
-    from molgiae.embedding import NothingWrittenError, reconstruct_to_sdf
+    from molgiae.embedding.reconstruct import reconstruct_to_sdf
+    from molgiae.embedding.streaming import NothingWrittenError
 
     options = _reader_options(num_conformers, seed, smiles_column)
     _check_out_dir(out, inputs)
@@ -469,7 +471,7 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", help="Merged HDF5 file."),
 ):
     """Merge embed shards into one file, rows in input order (as an unsharded run writes them)."""
-    from molgiae.embedding import MergeError, merge_hdf5
+    from molgiae.embedding.hdf5 import MergeError, merge_hdf5
 
     _check_out_dir(out, shards)
     try:
@@ -500,7 +502,7 @@ def map_(
     if labels is not None and color_by is None:
         raise typer.BadParameter("--labels needs --color-by COLUMN", param_hint="--color-by")
     _check_out_dir(out, [h5] + ([labels] if labels is not None else []))
-    from molgiae.embedding import embedding_map
+    from molgiae.embedding.maps import embedding_map
 
     try:
         n = embedding_map(h5, out, method=method, color_by=color_by, labels_csv=labels)
@@ -651,7 +653,7 @@ def predict_cmd(
     (listed on stderr). Exit code 0 when at least one conformer was predicted, 1 when none was
     (then no file is written).
     """
-    from molgiae.embedding import NothingWrittenError
+    from molgiae.embedding.streaming import NothingWrittenError
     from molgiae.finetune.model import load_predictor, prediction_column, predict_to_csv
     from molgiae.checkpoint import CheckpointError
     from molgiae.training import select_device

@@ -298,7 +298,7 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     reader); rows in input order.
     Bad records are skipped and passed to ``on_error`` (the same checks and streaming as
     ``molgiae embed``). The file is written to a temporary name and renamed; when nothing could
-    be predicted, :class:`molgiae.embedding.NothingWrittenError` is raised and no file is left.
+    be predicted, :class:`molgiae.embedding.streaming.NothingWrittenError` is raised and no file is left.
     ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
     ``max_atoms``: records with more atoms are errors (memory bound; None: no cap).
     """
@@ -307,7 +307,7 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     from molgiae.data.molecules import perceive_smiles
     from molgiae.data.read_ahead import read_positioned
     from molgiae.data.record import RecordError
-    from molgiae.embedding import NothingWrittenError, stream_results
+    from molgiae.embedding.streaming import NothingWrittenError, stream_results
 
     from molgiae.outputs import atomic_output, refuse_input_as_output
 
