@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from molgiae.api import file_sha256
+from molgiae.checkpoint import load_checkpoint
 from molgiae.data.loading import load_conformers
 from molgiae.finetune.compare import COMPARE_COLUMNS, compare, summarize
-from molgiae.outputs import atomic_csv
 from molgiae.finetune.targets import get_target
-from molgiae.checkpoint import load_checkpoint
-from molgiae.training import select_device
+from molgiae.outputs import atomic_csv
+from molgiae.train.distributed import select_device
 
 QM9 = Path(__file__).resolve().parents[2] / "shared" / "data" / "qm9"
 

@@ -33,7 +33,7 @@ def fail(msg: str, code: int = 1) -> None:
 def _open_model(model: Optional[Path], device: str = "cpu"):
     from molgiae.api import load_model
     from molgiae.checkpoint import CheckpointError
-    from molgiae.training import select_device
+    from molgiae.train.distributed import select_device
 
     try:
         return load_model(model, device=select_device(device))
@@ -656,7 +656,7 @@ def predict_cmd(
     from molgiae.embedding.streaming import NothingWrittenError
     from molgiae.finetune.model import load_predictor, prediction_column, predict_to_csv
     from molgiae.checkpoint import CheckpointError
-    from molgiae.training import select_device
+    from molgiae.train.distributed import select_device
 
     options = _reader_options(num_conformers, seed, smiles_column)
     _check_out_dir(out, inputs)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -40,23 +38,12 @@ from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batche
 from molgiae.data.conformers import ConformerSet
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
+from molgiae.train.distributed import hardware_description, rank_share, select_device, setup_distributed
+from molgiae.train.progress import epoch_progress
+from molgiae.train.sampling import conformer_weights, sample_conformers
+from molgiae.train.schedule import lr_factor
 
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_rmsd", "val_element_accuracy", "seconds")
-
-
-# ----------------------------------------------------------------------------- devices
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def hardware_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def _rng_state(np_rng: np.random.Generator) -> dict:
@@ -78,108 +65,6 @@ def _set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- distributed (torchrun)
-@dataclass
-class DistInfo:
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owns_group: bool = False  # init_process_group was called here (so destroy it at the end)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1 in the environment).
-
-    torchrun sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
-    the backend is NCCL when this process trains on CUDA, gloo otherwise.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    owns = False
-    if not dist.is_initialized():
-        cuda = device_name != "cpu" and torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        owns = True
-    return DistInfo(world, rank, local, owns)
-
-
-def shard_batch(chunk: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This rank's molecules of a global batch: ``chunk[rank::world_size]`` (sizes balanced,
-    since a bucketed batch is sorted by atom count)."""
-    return chunk[rank::world_size]
-
-
-def rank_share(chunk: np.ndarray, rank: int, world_size: int, n_atoms: np.ndarray) -> tuple[np.ndarray, float]:
-    """This rank's molecules of a global batch and its loss weight: its share of the batch's atoms
-    (the loss is a per-atom mean). A rank left without a molecule runs the batch's first one
-    with weight 0, so that it still joins the all-reduce."""
-    local = shard_batch(chunk, rank, world_size)
-    if len(local) == 0:
-        return chunk[:1], 0.0
-    return local, float(n_atoms[local].sum() / n_atoms[chunk].sum())
-
-
-# ----------------------------------------------------------------------------- conformer sampling
-def conformer_weights(data: ConformerSet) -> np.ndarray:
-    """Per-conformer Boltzmann weights normalised per molecule key: a store's ``weights``, else
-    the ``boltzmann_weight`` property, else (or where unknown) uniform."""
-    from molgiae.data.store import normalised_weights
-
-    w = getattr(data, "weights", None)
-    if w is not None:
-        return np.asarray(w, dtype=np.float64)
-    raw = np.full(len(data), np.nan)
-    if "boltzmann_weight" in data.property_names:
-        raw = data.properties[:, data.property_names.index("boltzmann_weight")]
-    return normalised_weights(data.keys, raw)
-
-
-def sample_conformers(keys: np.ndarray, weights: np.ndarray, ids: np.ndarray, mode: str,
-                      rng: np.random.Generator) -> np.ndarray:
-    """One conformer id per molecule key among ``ids`` (sorted), drawn ``"uniform"``ly or by
-    ``"boltzmann"`` weight (renormalised over ``ids``; uniform for a molecule whose weights sum to 0)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) == 0:
-        return ids
-    k = np.asarray(keys)[ids]
-    order = np.lexsort((ids, k))
-    ids_s, k_s = ids[order], k[order]
-    starts = np.flatnonzero(np.r_[True, k_s[1:] != k_s[:-1]])
-    counts = np.diff(np.r_[starts, len(ids_s)])
-    u = rng.random(len(starts))
-    pick = starts + np.minimum((u * counts).astype(np.int64), counts - 1)
-    if mode == "boltzmann":
-        w = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64)[ids_s]), 0.0, None)
-        cw = np.cumsum(w)
-        base = cw[starts] - w[starts]
-        total = np.add.reduceat(w, starts)
-        target = base + u * total
-        by_weight = np.clip(np.searchsorted(cw, target, side="right"), starts, starts + counts - 1)
-        pick = np.where(total > 0, by_weight, pick)
-    elif mode != "uniform":
-        raise ValueError(f"unknown conformer sampling {mode!r}")
-    return np.sort(ids_s[pick])
 
 
 class _Collate:
@@ -412,15 +297,7 @@ def train(
     use_amp = tc.amp and device.type == "cuda"
     t_start = time.time() - state.seconds
     deadline = t_start + tc.time_limit_minutes * 60 if tc.time_limit_minutes else float("inf")
-    progress = None
-    if not quiet:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=True,
-        )
-        progress.start()
+    progress = None if quiet else epoch_progress()
     stopped = False
     world, rank = dist_info.world_size, dist_info.rank
 

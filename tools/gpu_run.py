@@ -59,7 +59,8 @@ from molgiae.data.loading import load_conformers  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss  # noqa: E402
 from molgiae.outputs import atomic_output, atomic_write_text  # noqa: E402
-from molgiae.training import hardware_description, select_device, train, validate  # noqa: E402
+from molgiae.train.distributed import hardware_description, select_device  # noqa: E402
+from molgiae.training import train, validate  # noqa: E402
 
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 

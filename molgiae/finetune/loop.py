@@ -26,7 +26,6 @@ loadable with ``weights_only=True``) and ``learning_curve.png``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -49,6 +48,9 @@ from molgiae.data.split import split_ids
 from molgiae.finetune.model import PropertyModel, property_checkpoint
 from molgiae.finetune.targets import get_target, target_values
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
+from molgiae.train.distributed import select_device, setup_distributed, shard_batch
+from molgiae.train.progress import epoch_progress
+from molgiae.train.schedule import lr_factor
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_mae", "seconds")
 PREDICTION_COLUMNS = ("name", "key", "split", "target", "prediction")
@@ -265,7 +267,6 @@ def finetune(
     pretrained = Path(pretrained) if pretrained is not None else None
     ae_config, ae_ckpt, sha = _resolve_architecture(pretrained, scratch, model_config, train_config)
     init = "scratch" if scratch else "pretrained"
-    from molgiae.training import lr_factor, select_device, setup_distributed, shard_batch
 
     dist_info = setup_distributed(device)
     world, rank0 = dist_info.world_size, dist_info.rank == 0
@@ -323,15 +324,8 @@ def finetune(
     history: list[dict] = []
     best = {"val_mae": math.inf, "epoch": 0, "state": None}
     t0 = time.time()
-    progress = task = None
-    if not quiet:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
-        progress.start()
+    task = None
+    progress = None if quiet else epoch_progress(stderr=True)
     stopped_early = False
     model.train()
     try:
