@@ -16,6 +16,8 @@ kinds). ``a_i`` is an MLP of the encoder's invariant atom features ``s_i``.
 from __future__ import annotations
 
 import csv
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,9 +28,16 @@ from torch import Tensor, nn
 
 from molgiae import group
 from molgiae.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from molgiae.chem import symbol
 from molgiae.config import Config, ModelConfig
+from molgiae.data.batching import batch_from_records
+from molgiae.data.molecules import perceive_smiles
+from molgiae.data.read_ahead import read_positioned
+from molgiae.data.record import RecordError, check_record
+from molgiae.embedding.streaming import NothingWrittenError, stream_results
 from molgiae.finetune.targets import get_target
 from molgiae.model import DenseMolecules, ElementVocabulary
+from molgiae.outputs import atomic_output, refuse_input_as_output
 from molgiae.painn_equivariant import PainnEncoder, mlp
 
 PROPERTY_FORMAT = "molgiae-property-1"
@@ -208,8 +217,6 @@ class PropertyPredictor:
 
     def check(self, record, reconstruct: bool = False) -> str | None:
         """Why the model cannot take ``record`` (geometry, vocabulary), or None."""
-        from molgiae.data.record import check_record
-
         return check_record(record, self.elements)
 
     @property
@@ -226,8 +233,6 @@ class PropertyPredictor:
     def domain_note(self, record) -> str:
         """"" when ``record`` lies inside the training domain, else why not (a prediction far
         outside it, e.g. a 200-atom alkane for a QM9 model, is an extrapolation)."""
-        from molgiae.chem import symbol
-
         d = self.domain
         notes = []
         n = record.n_atoms
@@ -241,8 +246,6 @@ class PropertyPredictor:
     @torch.no_grad()
     def predict_records(self, records: Sequence) -> np.ndarray:
         """Predictions (target unit) of valid records. → float64 [len(records)]."""
-        from molgiae.data.batching import batch_from_records
-
         if not records:
             return np.zeros(0)
         mols = self.model.dense(batch_from_records(records).to(self.device))
@@ -268,8 +271,6 @@ def encoder_state(model_or_ckpt: Any) -> dict[str, Tensor]:
 def prediction_column(target: str) -> str:
     """CSV column of a target's predictions: ``<target>_<unit>`` with the unit made file-safe
     (``U0_eV``, ``alpha_a0^3``, ``Cv_cal_per_mol_K``)."""
-    import re
-
     unit = get_target(target).unit.replace("/", "_per_")
     return f"{target}_{re.sub(r'[^A-Za-z0-9^]+', '_', unit).strip('_')}"
 
@@ -302,15 +303,6 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
     ``max_atoms``: records with more atoms are errors (memory bound; None: no cap).
     """
-    import time
-
-    from molgiae.data.molecules import perceive_smiles
-    from molgiae.data.read_ahead import read_positioned
-    from molgiae.data.record import RecordError
-    from molgiae.embedding.streaming import NothingWrittenError, stream_results
-
-    from molgiae.outputs import atomic_output, refuse_input_as_output
-
     out = Path(out)
     refuse_input_as_output(out, inputs)
     start = time.perf_counter()
