@@ -80,3 +80,30 @@ def test_no_import_circles_in_the_package():
 def test_no_module_imports_the_package_face():
     graph = import_graph()
     assert sorted(m for m, deps in graph.items() if "molgiae" in deps) == []
+
+
+#: The floors of README.md's Layout section: a module imports only from floors below its own, or
+#: from its own floor (module prefix -> floor; the longest matching prefix wins).
+FLOORS = {
+    "molgiae._version": 1, "molgiae.chem": 1, "molgiae.config": 1, "molgiae.outputs": 1, "molgiae.runtime": 1,
+    "molgiae.group": 2, "molgiae.symmetry": 2, "molgiae.painn_equivariant": 2,
+    "molgiae.model": 3, "molgiae.checkpoint": 3, "molgiae.data": 3,
+    "molgiae.train": 4, "molgiae.training": 4, "molgiae.metrics": 4, "molgiae.quality": 4, "molgiae.api": 4,
+    "molgiae.embedding": 5, "molgiae.finetune": 5,
+    "molgiae.cli": 6, "molgiae.__main__": 6, "molgiae": 6,
+}
+#: Known upward arrows (README: quality.py uses the QM9 target table of finetune/targets.py).
+UPWARD_ALLOWED = {("molgiae.quality", "molgiae.finetune.targets")}
+
+
+def floor(module: str) -> int:
+    best = max((p for p in FLOORS if module == p or module.startswith(p + ".")), key=len)
+    return FLOORS[best]
+
+
+def test_floors():
+    graph = import_graph()
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps
+                    if floor(d) > floor(m) and (m, d) not in UPWARD_ALLOWED)
+    assert upward == []
+    assert all(floor(d) > floor(m) for m, d in UPWARD_ALLOWED if d in graph[m])
