@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from molgiae._version import __version__
 from molgiae.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, load_checkpoint
@@ -222,8 +223,6 @@ def train(
     model = GroupInvariantAutoencoder(config.model).to(device)
     net = model
     if dist_info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil((n_train_molecules if sampling else len(train_ids)) / tc.batch_size)

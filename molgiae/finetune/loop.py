@@ -38,8 +38,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from molgiae._version import __version__
+from molgiae.api import file_sha256
 from molgiae.checkpoint import atomic_torch_save, load_checkpoint
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
@@ -213,8 +215,6 @@ def _resolve_architecture(pretrained: Path | None, scratch: bool, model_config: 
                           train_config: TrainConfig | None) -> tuple[Config, dict | None, str | None]:
     """(autoencoder config, its checkpoint or None, sha256 of the checkpoint file or None)."""
     if pretrained is not None:
-        from molgiae.api import file_sha256
-
         ckpt = load_checkpoint(pretrained)
         return Config.from_dict(ckpt["config"]), ckpt, file_sha256(pretrained)
     if not scratch:
@@ -299,8 +299,6 @@ def finetune(
     params = [p for p in model.parameters() if p.requires_grad]
     net = model
     if dist_info.enabled:  # gradients of the trainable parameters are averaged over ranks
-        from torch.nn.parallel import DistributedDataParallel
-
         # the autoencoder's code, frame and score heads are part of the encoder but unused here
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                       find_unused_parameters=True)

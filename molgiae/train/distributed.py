@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -47,8 +48,6 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    import torch.distributed as dist
-
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
     if not dist.is_initialized():
