@@ -27,8 +27,8 @@ import torch
 from molgiae.api import file_sha256
 from molgiae.checkpoint import load_checkpoint
 from molgiae.data.loading import load_conformers
+from molgiae.data.targets import get_target
 from molgiae.finetune.compare import COMPARE_COLUMNS, compare, summarize
-from molgiae.finetune.targets import get_target
 from molgiae.outputs import atomic_csv
 from molgiae.train.distributed import select_device
 

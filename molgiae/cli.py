@@ -615,7 +615,7 @@ def finetune_cmd(
     Uses the pretraining run's molecule-level split, so the autoencoder's test molecules are
     never trained on. Test MAE is reported in meV for energies.
     """
-    from molgiae.finetune.targets import get_target
+    from molgiae.data.targets import get_target
 
     if compare_runs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         fail("--compare runs as one process; launch pretrained and --scratch runs under torchrun separately")

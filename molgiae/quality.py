@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
-from molgiae.finetune.targets import get_target, target_values
+from molgiae.data.targets import get_target, target_values
 from molgiae.metrics import kabsch_rmsd
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
@@ -280,7 +280,7 @@ def linear_probe(codes: np.ndarray, counts: np.ndarray, targets: dict[str, np.nd
 # ----------------------------------------------------------------------------- the whole section
 def probe_targets(data, ids: np.ndarray, names: Sequence[str] = PROBE_TARGETS) -> tuple[dict, dict]:
     """Labels of ``names`` for molecules ``ids`` of a ConformerSet, in each target's report unit
-    (:mod:`molgiae.finetune.targets`: U0 as atomization energy; energies in meV, mu in D, alpha in
+    (:mod:`molgiae.data.targets`: U0 as atomization energy; energies in meV, mu in D, alpha in
     a0^3, Cv in cal/(mol K)). Targets the data does not label are left out. → (values, units)."""
     values, units = {}, {}
     for name in names:

@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from molgiae.data.conformers import ConformerSet
+from molgiae.data.targets import get_target
 from molgiae.finetune.loop import finetune, finish_curve_figure
 from molgiae.outputs import atomic_csv, atomic_write_text
-from molgiae.finetune.targets import get_target
 
 COMPARE_COLUMNS = ("target", "fraction", "seed", "init", "frozen", "n_train", "n_val", "n_test", "epochs_run",
                    "best_epoch", "val_mae", "test_mae", "report_unit", "wall_seconds")

@@ -47,8 +47,8 @@ from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import split_ids
+from molgiae.data.targets import get_target, target_values
 from molgiae.finetune.model import PropertyModel, property_checkpoint
-from molgiae.finetune.targets import get_target, target_values
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
 from molgiae.train.distributed import select_device, setup_distributed, shard_batch
 from molgiae.train.progress import epoch_progress

@@ -34,8 +34,8 @@ from molgiae.data.batching import batch_from_records
 from molgiae.data.molecules import perceive_smiles
 from molgiae.data.read_ahead import read_positioned
 from molgiae.data.record import RecordError, check_record
+from molgiae.data.targets import get_target
 from molgiae.embedding.streaming import NothingWrittenError, stream_results
-from molgiae.finetune.targets import get_target
 from molgiae.model import DenseMolecules, ElementVocabulary
 from molgiae.outputs import atomic_output, refuse_input_as_output
 from molgiae.painn_equivariant import PainnEncoder, mlp
