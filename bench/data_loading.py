@@ -24,7 +24,8 @@ from molgiae.config import ModelConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches
 from molgiae.data.loading import load_conformers
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
-from molgiae.training import _Collate, select_device
+from molgiae.train.distributed import select_device
+from molgiae.training import _Collate
 
 
 def _sync(device):

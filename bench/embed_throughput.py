@@ -84,7 +84,7 @@ def bench_checkpoint(model: str | None, tmp: Path) -> tuple[Path, str]:
 
     from molgiae.config import Config
     from molgiae.model import GroupInvariantAutoencoder
-    from molgiae.training import CHECKPOINT_FORMAT
+    from molgiae.checkpoint import CHECKPOINT_FORMAT
 
     torch.manual_seed(0)
     cfg = Config()

@@ -56,7 +56,7 @@ def main() -> None:
     from molgiae.data.conformers import load_qm9_npz
     from molgiae.data.loading import load_conformers
     from molgiae.quality import embedding_metrics, summary_lines
-    from molgiae.training import load_checkpoint, model_from_checkpoint
+    from molgiae.checkpoint import load_checkpoint, model_from_checkpoint
 
     torch.set_num_threads(args.threads)
     start, cpu = time.perf_counter(), time.process_time()

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from molgiae.api import file_sha256
+from molgiae.checkpoint import load_checkpoint
 from molgiae.data.loading import load_conformers
+from molgiae.data.targets import get_target
 from molgiae.finetune.compare import COMPARE_COLUMNS, compare, summarize
-from molgiae.finetune.loop import _atomic_csv
-from molgiae.finetune.targets import get_target
-from molgiae.training import load_checkpoint, select_device
+from molgiae.outputs import atomic_csv
+from molgiae.train.distributed import select_device
 
 QM9 = Path(__file__).resolve().parents[2] / "shared" / "data" / "qm9"
 
@@ -110,7 +111,7 @@ def main() -> None:
                       f"{r['best_epoch']}/{r['epochs_run']}, {r['wall_seconds']:.0f} s)", file=sys.stderr)
             print(f"  [{target} {fraction:g} done in {time.time() - t1:.0f} s]", file=sys.stderr)
     wall = time.time() - t0
-    _atomic_csv(args.out / "runs.csv", COMPARE_COLUMNS, rows)
+    atomic_csv(args.out / "runs.csv", COMPARE_COLUMNS, rows)
     summary = summarize(rows)
     lines = table(summary)
     print("\n".join(lines))

@@ -22,7 +22,8 @@ from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.conformers import load_qm9_npz
 from molgiae.data.split import split_ids
 from molgiae.metrics import score_molecules
-from molgiae.training import load_checkpoint, model_from_checkpoint, train
+from molgiae.checkpoint import load_checkpoint, model_from_checkpoint
+from molgiae.training import train
 
 QM9 = ["../shared/data/qm9/qm9_full_part1of2.npz", "../shared/data/qm9/qm9_full_part2of2.npz"]
 

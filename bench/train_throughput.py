@@ -15,7 +15,7 @@ from molgiae.config import ModelConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches
 from molgiae.data.conformers import load_qm9_npz
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
-from molgiae.training import select_device
+from molgiae.train.distributed import select_device
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ objects, RDKit molecules (every conformer) or ASE ``Atoms``.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -13,12 +14,13 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from molgiae.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_records, size_sorted_batches
 from molgiae.data.molecules import rdkit_atomic_numbers
+from molgiae.data.readers import read_records
 from molgiae.data.record import ConformerRecord, RecordError, check_record
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
-from molgiae.training import CheckpointError, load_checkpoint, model_from_checkpoint
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_CHECKPOINT = PRETRAINED_DIR / "molgiae-qm9.pt"
@@ -27,8 +29,6 @@ DEFAULT_CHECKPOINT = PRETRAINED_DIR / "molgiae-qm9.pt"
 def default_checkpoint_path() -> Path:
     """Where the default model is: ``$MOLGIAE_DEFAULT_MODEL`` when set (e.g. a site-wide model on
     a cluster), else the checkpoint bundled with the package."""
-    import os
-
     return Path(os.environ.get("MOLGIAE_DEFAULT_MODEL") or DEFAULT_CHECKPOINT)
 
 
@@ -50,8 +50,6 @@ def file_sha256(path: str | Path) -> str:
 
 def as_records(inputs, **reader_options) -> Iterator[ConformerRecord | RecordError]:
     """Normalise API inputs to records (and errors), in input order."""
-    from molgiae.data.readers import read_records
-
     if isinstance(inputs, (str, Path, ConformerRecord)) or not isinstance(inputs, Iterable):
         inputs = [inputs]
     for k, item in enumerate(inputs):

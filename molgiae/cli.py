@@ -3,6 +3,7 @@ commands so ``molgiae --help`` is instant."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -32,7 +33,8 @@ def fail(msg: str, code: int = 1) -> None:
 
 def _open_model(model: Optional[Path], device: str = "cpu"):
     from molgiae.api import load_model
-    from molgiae.training import CheckpointError, select_device
+    from molgiae.checkpoint import CheckpointError
+    from molgiae.train.distributed import select_device
 
     try:
         return load_model(model, device=select_device(device))
@@ -53,6 +55,50 @@ def _with_extra_paths(ctx: typer.Context, paths: List[Path]) -> List[Path]:
     if extra:
         fail(f"unknown option(s): {' '.join(extra)}")
     return list(paths) + [Path(a) for a in ctx.args]
+
+
+def _train_config(out: Path, resume: bool, device: str, model_opts: dict, train_opts: dict):
+    """The run's config: with --resume, OUT/config.json (else OUT/last.pt's config), else the
+    defaults; then every option given on the command line, and a re-validation."""
+    from molgiae.checkpoint import CheckpointError, load_checkpoint
+    from molgiae.config import Config
+
+    cfg = Config()
+    try:
+        if resume and (out / "config.json").exists():
+            cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
+        elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
+            cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
+    except CheckpointError as exc:
+        fail(f"cannot resume: {exc}")
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # an unreadable or hand-edited config.json
+        fail(f"cannot resume: {out / 'config.json'} is unusable ({type(exc).__name__}: {exc})")
+    for k, v in model_opts.items():
+        if v is not None:
+            setattr(cfg.model, k, v)
+    for k, v in train_opts.items():
+        if v is not None:
+            setattr(cfg.train, k, v)
+    cfg.train.device = device
+    try:
+        return Config.from_dict(cfg.to_dict())  # re-validate
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _training_splits(dataset, cfg, announce: bool) -> dict:
+    """Molecule-level split of ``dataset``; training molecules over ``max_atoms`` are left out."""
+    from molgiae.data.split import split_ids
+
+    splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
+    too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
+    if too_big.any():
+        err(f"note: {int(too_big.sum())} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
+        splits["train"] = splits["train"][~too_big]
+    if announce:
+        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
+            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
+    return splits
 
 
 @app.command(context_settings=MULTI_PATH)
@@ -100,26 +146,13 @@ def train(
     """
     import torch
 
-    from molgiae.config import Config
+    from molgiae.checkpoint import CheckpointError
     from molgiae.data.loading import load_conformers
-    from molgiae.data.split import split_ids
     from molgiae.training import train as run_training
 
     data = _with_extra_paths(ctx, data)
     if threads:
         torch.set_num_threads(threads)
-    from molgiae.training import CheckpointError, load_checkpoint
-
-    cfg = Config()
-    try:
-        if resume and (out / "config.json").exists():
-            cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
-        elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
-            cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
-    except CheckpointError as exc:
-        fail(f"cannot resume: {exc}")
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # an unreadable or hand-edited config.json
-        fail(f"cannot resume: {out / 'config.json'} is unusable ({type(exc).__name__}: {exc})")
     model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
                       decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms,
                       update_product=update_product, code_pooling=code_pooling)
@@ -129,19 +162,7 @@ def train(
                       conformer_sampling=conformer_sampling, num_workers=num_workers,
                       coord_noise=coord_noise, weight_decay=weight_decay, lambda_smooth=lambda_smooth,
                       init_from=str(init_from) if init_from else None)
-    for k, v in model_opts.items():
-        if v is not None:
-            setattr(cfg.model, k, v)
-    for k, v in train_opts.items():
-        if v is not None:
-            setattr(cfg.train, k, v)
-    cfg.train.device = device
-    try:
-        cfg = Config.from_dict(cfg.to_dict())  # re-validate
-    except ValueError as exc:
-        fail(str(exc))
-    import os
-
+    cfg = _train_config(out, resume, device, model_opts, train_opts)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
 
     missing = [str(p) for p in data if not p.exists()]
@@ -152,14 +173,7 @@ def train(
         dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
     except ValueError as exc:
         fail(str(exc))
-    splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
-    too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
-    if too_big.any():
-        err(f"note: {int(too_big.sum())} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
-        splits["train"] = splits["train"][~too_big]
-    if not quiet and rank0:
-        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
-            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
+    splits = _training_splits(dataset, cfg, announce=not quiet and rank0)
     meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
     try:
         state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)
@@ -398,7 +412,8 @@ def embed(
     Bad records are skipped (listed on stderr and in the file's errors table). Exit code 0 when
     at least one conformer was embedded, 1 when none was (then no file is written).
     """
-    from molgiae.embedding import NothingWrittenError, embed_to_hdf5, parse_shard
+    from molgiae.embedding.hdf5 import embed_to_hdf5
+    from molgiae.embedding.streaming import NothingWrittenError, parse_shard
 
     try:
         shard_spec = parse_shard(shard) if shard else None
@@ -442,7 +457,8 @@ def reconstruct(
     SD properties: molgiae_rmsd (Å vs the input, no alignment), molgiae_element_accuracy,
     molgiae_source, molgiae_record. Exit code as for `embed`.
     """
-    from molgiae.embedding import NothingWrittenError, reconstruct_to_sdf
+    from molgiae.embedding.reconstruct import reconstruct_to_sdf
+    from molgiae.embedding.streaming import NothingWrittenError
 
     options = _reader_options(num_conformers, seed, smiles_column)
     _check_out_dir(out, inputs)
@@ -468,7 +484,7 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", help="Merged HDF5 file."),
 ):
     """Merge embed shards into one file, rows in input order (as an unsharded run writes them)."""
-    from molgiae.embedding import MergeError, merge_hdf5
+    from molgiae.embedding.hdf5 import MergeError, merge_hdf5
 
     _check_out_dir(out, shards)
     try:
@@ -499,7 +515,7 @@ def map_(
     if labels is not None and color_by is None:
         raise typer.BadParameter("--labels needs --color-by COLUMN", param_hint="--color-by")
     _check_out_dir(out, [h5] + ([labels] if labels is not None else []))
-    from molgiae.embedding import embedding_map
+    from molgiae.embedding.maps import embedding_map
 
     try:
         n = embedding_map(h5, out, method=method, color_by=color_by, labels_csv=labels)
@@ -510,6 +526,55 @@ def map_(
 
 # ----------------------------------------------------------------------------- finetune / predict
 _TARGET_LIST = "mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, Cv"
+
+
+def _check_finetune_options(fraction: float, lr: float, compare_runs: bool, scratch: bool,
+                            minimums: dict[str, tuple[int, int]]) -> None:
+    """Fail on a fine-tuning option out of range (``minimums``: option -> (value, lowest allowed))."""
+    if not 0.0 < fraction <= 1.0:
+        fail(f"--fraction must be in (0, 1] (a share of the training split), got {fraction}")
+    for name, (value, low) in minimums.items():
+        if value < low:
+            fail(f"{name} must be >= {low}, got {value}")
+    if not lr > 0:
+        fail(f"--lr must be > 0, got {lr}")
+    if compare_runs and scratch:
+        fail("--compare runs both the pretrained and the scratch model; drop --scratch")
+
+
+def _finetune_start(pretrained: Optional[Path], scratch: bool) -> Optional[Path]:
+    """The autoencoder checkpoint to fine-tune: --pretrained, else the default model (None when it
+    is missing and --scratch is given)."""
+    from molgiae.api import default_checkpoint_path, resolve_checkpoint
+
+    if pretrained is not None:
+        pretrained = resolve_checkpoint(pretrained)  # a path or a bundled model's name
+    if pretrained is not None and not pretrained.is_file():
+        fail(f"checkpoint not found: {pretrained}")
+    if pretrained is None:
+        default = default_checkpoint_path()
+        if default.is_file():
+            pretrained = default
+        elif scratch:
+            err(f"note: no default model ({default}); --scratch uses the default ModelConfig")
+        else:
+            fail(f"the default model is missing ({default}); pass --pretrained CKPT (an "
+                 f"autoencoder checkpoint of `molgiae train`) or --scratch")
+    return pretrained
+
+
+def _finetune_data(data: List[Path], threads: Optional[int], quiet: bool):
+    """Set the torch threads and load the fine-tuning data (bad records reported unless quiet)."""
+    import torch
+
+    from molgiae.data.loading import load_conformers
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return load_conformers(data, on_error=lambda e: None if quiet else err(f"skipped: {e}"))
+    except ValueError as exc:
+        fail(str(exc))
 
 
 @app.command(name="finetune", context_settings=MULTI_PATH)
@@ -552,10 +617,7 @@ def finetune_cmd(
     Uses the pretraining run's molecule-level split, so the autoencoder's test molecules are
     never trained on. Test MAE is reported in meV for energies.
     """
-    import os
-
-    from molgiae.api import default_checkpoint_path, resolve_checkpoint
-    from molgiae.finetune.targets import get_target
+    from molgiae.data.targets import get_target
 
     if compare_runs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         fail("--compare runs as one process; launch pretrained and --scratch runs under torchrun separately")
@@ -564,48 +626,19 @@ def finetune_cmd(
         spec = get_target(target)
     except ValueError as exc:
         fail(str(exc))
-    if not 0.0 < fraction <= 1.0:
-        fail(f"--fraction must be in (0, 1] (a share of the training split), got {fraction}")
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--patience", patience, 0),
-                             ("--max-val", max_val, 0), ("--max-test", max_test, 0)):
-        if value < low:
-            fail(f"{name} must be >= {low}, got {value}")
-    if not lr > 0:
-        fail(f"--lr must be > 0, got {lr}")
-    if compare_runs and scratch:
-        fail("--compare runs both the pretrained and the scratch model; drop --scratch")
-    if pretrained is not None:
-        pretrained = resolve_checkpoint(pretrained)  # a path or a bundled model's name
-    if pretrained is not None and not pretrained.is_file():
-        fail(f"checkpoint not found: {pretrained}")
-    if pretrained is None:
-        default = default_checkpoint_path()
-        if default.is_file():
-            pretrained = default
-        elif scratch:
-            err(f"note: no default model ({default}); --scratch uses the default ModelConfig")
-        else:
-            fail(f"the default model is missing ({default}); pass --pretrained CKPT (an "
-                 f"autoencoder checkpoint of `molgiae train`) or --scratch")
+    _check_finetune_options(fraction, lr, compare_runs, scratch, {"--epochs": (epochs, 1), "--batch-size": (batch_size, 1),
+                            "--patience": (patience, 0), "--max-val": (max_val, 0), "--max-test": (max_test, 0)})
+    pretrained = _finetune_start(pretrained, scratch)
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         fail(f"data file(s) not found: {', '.join(missing)}")
     _check_run_dir(out, data, FINETUNE_FILES)
-    import torch
+    from molgiae.checkpoint import CheckpointError
 
-    from molgiae.data.loading import load_conformers
-    from molgiae.training import CheckpointError
-
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        dataset = load_conformers(data, on_error=lambda e: None if quiet else err(f"skipped: {e}"))
-    except ValueError as exc:
-        fail(str(exc))
-    meta = {"data": [Path(p).name for p in data]}
+    dataset = _finetune_data(data, threads, quiet)
     options = dict(fraction=fraction, epochs=epochs, device=device, batch_size=batch_size, lr=lr, patience=patience,
-                   freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, quiet=quiet, metadata=meta,
-                   encoder_lr_ratio=encoder_lr_ratio if not scratch else 1.0)
+                   freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, quiet=quiet,
+                   metadata={"data": [Path(p).name for p in data]}, encoder_lr_ratio=encoder_lr_ratio if not scratch else 1.0)
     try:
         if compare_runs:
             from molgiae.finetune.compare import compare, markdown_table, summarize
@@ -652,9 +685,10 @@ def predict_cmd(
     (listed on stderr). Exit code 0 when at least one conformer was predicted, 1 when none was
     (then no file is written).
     """
-    from molgiae.embedding import NothingWrittenError
+    from molgiae.embedding.streaming import NothingWrittenError
     from molgiae.finetune.model import load_predictor, prediction_column, predict_to_csv
-    from molgiae.training import CheckpointError, select_device
+    from molgiae.checkpoint import CheckpointError
+    from molgiae.train.distributed import select_device
 
     options = _reader_options(num_conformers, seed, smiles_column)
     _check_out_dir(out, inputs)

@@ -6,14 +6,19 @@
 * :func:`temp_path`: the ``OUT.tmp-<pid>`` name a command writes before renaming it to ``OUT``;
   stale temporary files of ``OUT`` left by processes that no longer run (killed with SIGKILL, a
   node that went down) are removed first. Files of a process that still runs are left alone.
+* :func:`atomic_output`: the one way the package writes a file: a context manager yielding that
+  temporary path, renamed to ``OUT`` when the block ends normally and removed when it raises
+  (so a reader never sees a half-written file, and a failed write leaves nothing behind).
 """
 from __future__ import annotations
 
+import csv
 import glob
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -96,3 +101,49 @@ def temp_path(out: str | os.PathLike) -> Path:
     out = Path(out)
     remove_stale_temps(out)
     return out.with_name(f"{out.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield :func:`temp_path` of ``out``; on normal exit rename it to ``out`` (atomic on one
+    file system), on any exception (KeyboardInterrupt and SIGTERM's SystemExit included) remove
+    it and re-raise. Whatever writes the temporary file must have closed it by the block's end."""
+    out = Path(out)
+    tmp = temp_path(out)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Mapping | Sequence]) -> None:
+    """Write a CSV file (header ``columns``; a row is a mapping, read at ``columns``, or a
+    sequence) through :func:`atomic_output`; ``rows`` may be a generator."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([r[c] for c in columns] if isinstance(r, Mapping) else r)
+
+
+def atomic_savefig(fig, path: str | os.PathLike, dpi: float | None = None) -> None:
+    """Save a matplotlib figure as PNG (whatever the suffix of ``path``) through
+    :func:`atomic_output`, and close it whatever happens."""
+    import matplotlib.pyplot as plt  # optional and slow to import: only when a figure is saved
+
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)

@@ -14,11 +14,14 @@ coordinates [n_i, 3] in Å) to codes float [M, D].
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from molgiae.data.batching import make_batch, size_sorted_batches
+from molgiae.data.targets import get_target, target_values
 from molgiae.metrics import kabsch_rmsd
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
@@ -33,8 +36,6 @@ RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-3, 3, 7))
 def model_encoder(model, batch_size: int = 64, device: str | torch.device = "cpu") -> EncodeFn:
     """An encode function of a :class:`~molgiae.model.GroupInvariantAutoencoder` (size-sorted,
     pair-budget batches; codes in input order)."""
-    from molgiae.data.batching import make_batch, size_sorted_batches
-
     @torch.no_grad()
     def encode(elements: Sequence[np.ndarray], coords: Sequence[np.ndarray]) -> np.ndarray:
         model.eval()
@@ -129,8 +130,6 @@ def jacobian_spectral_norms(model, elements: Sequence[np.ndarray], coords: Seque
                             device: str | torch.device = "cpu") -> np.ndarray:
     """‖∂z/∂x‖₂ (x the [n, 3] coordinates flattened, Å) of each molecule under an autoencoder.
     → float64 [M], in code units per Å."""
-    from molgiae.data.batching import make_batch, size_sorted_batches
-
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     out = np.zeros(len(elements))
@@ -281,10 +280,8 @@ def linear_probe(codes: np.ndarray, counts: np.ndarray, targets: dict[str, np.nd
 # ----------------------------------------------------------------------------- the whole section
 def probe_targets(data, ids: np.ndarray, names: Sequence[str] = PROBE_TARGETS) -> tuple[dict, dict]:
     """Labels of ``names`` for molecules ``ids`` of a ConformerSet, in each target's report unit
-    (:mod:`molgiae.finetune.targets`: U0 as atomization energy; energies in meV, mu in D, alpha in
+    (:mod:`molgiae.data.targets`: U0 as atomization energy; energies in meV, mu in D, alpha in
     a0^3, Cv in cal/(mol K)). Targets the data does not label are left out. → (values, units)."""
-    from molgiae.finetune.targets import get_target, target_values
-
     values, units = {}, {}
     for name in names:
         spec = get_target(name)
@@ -317,8 +314,6 @@ def embedding_metrics(model, data, ids: np.ndarray, ensembles=None, n_noise: int
     permutation of it is encoded once: its first ``n_noise`` molecules give the noise robustness,
     its first ``n_jacobian`` the Jacobian norms, its first ``n_fit + n_test`` the linear probe (when
     ``data`` has QM9 labels). ``ensembles``: a ConformerSet of conformer ensembles, or None."""
-    import time
-
     log = log or (lambda s: None)
     encode = model_encoder(model, batch_size, device)
     order = np.random.default_rng(seed).permutation(np.asarray(ids))

@@ -15,7 +15,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import signal
 import sys
+import threading
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters of glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
@@ -81,9 +83,6 @@ _received: list[str] = []
 def handle_interrupts() -> None:
     """Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM raises :class:`Terminated`, in the main
     thread, and :func:`interrupted_by` remembers which arrived (a no-op off the main thread)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return
 

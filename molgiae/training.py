@@ -1,4 +1,4 @@
-"""Training loop, checkpoints (atomic, resumable, weights_only-loadable) and run artefacts.
+"""Training loop, resumable checkpoints (format and loader: :mod:`molgiae.checkpoint`) and run artefacts.
 
 A run directory holds ``config.json``, ``last.pt`` (every ``checkpoint_every`` steps and every
 epoch), ``best.pt`` (best validation rmsd), ``metrics.csv``, ``learning_curve.png`` and
@@ -19,117 +19,32 @@ logs and the progress bar; ``--resume`` reloads ``last.pt`` on every rank.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import platform
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from molgiae._version import __version__
+from molgiae.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, load_checkpoint
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
+from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
+from molgiae.train.distributed import hardware_description, rank_share, select_device, setup_distributed
+from molgiae.train.progress import epoch_progress
+from molgiae.train.sampling import conformer_weights, sample_conformers
+from molgiae.train.schedule import lr_factor
 
-CHECKPOINT_FORMAT = "molgiae-checkpoint-1"
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_rmsd", "val_element_accuracy", "seconds")
-
-
-# ----------------------------------------------------------------------------- devices
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def hardware_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same directory, then rename (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as PNG through a temporary file and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def load_checkpoint(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    expected_format: str = CHECKPOINT_FORMAT,
-    what: str = "a molgiae checkpoint",
-    hints: dict[str, str] | None = None,
-    required: tuple[str, ...] = ("config", "model"),
-) -> dict:
-    """Load a checkpoint with ``weights_only=True``; clear errors for missing, corrupt or
-    foreign files, and for files with the right format tag but without the ``required`` keys or
-    with an invalid config. ``hints`` maps a wrong file's format to advice appended to the error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    found = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if found != expected_format:
-        hint = (hints or {}).get(found, "")
-        raise CheckpointError(f"{path} is not {what} (format {expected_format}){hint}")
-    missing = [k for k in required if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} has the {expected_format} format tag but lacks {', '.join(map(repr, missing))}: "
-                              f"a damaged or hand-made file")
-    if "config" in required:
-        try:
-            Config.from_dict(ckpt["config"])
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CheckpointError(f"{path} has an unusable config: {type(exc).__name__}: {exc}") from None
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> tuple[GroupInvariantAutoencoder, Config]:
-    config = Config.from_dict(ckpt["config"])
-    model = GroupInvariantAutoencoder(config.model)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, config
 
 
 def _rng_state(np_rng: np.random.Generator) -> dict:
@@ -151,108 +66,6 @@ def _set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- distributed (torchrun)
-@dataclass
-class DistInfo:
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    owns_group: bool = False  # init_process_group was called here (so destroy it at the end)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1 in the environment).
-
-    torchrun sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
-    the backend is NCCL when this process trains on CUDA, gloo otherwise.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    owns = False
-    if not dist.is_initialized():
-        cuda = device_name != "cpu" and torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        owns = True
-    return DistInfo(world, rank, local, owns)
-
-
-def shard_batch(chunk: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This rank's molecules of a global batch: ``chunk[rank::world_size]`` (sizes balanced,
-    since a bucketed batch is sorted by atom count)."""
-    return chunk[rank::world_size]
-
-
-def rank_share(chunk: np.ndarray, rank: int, world_size: int, n_atoms: np.ndarray) -> tuple[np.ndarray, float]:
-    """This rank's molecules of a global batch and its loss weight: its share of the batch's atoms
-    (the loss is a per-atom mean). A rank left without a molecule runs the batch's first one
-    with weight 0, so that it still joins the all-reduce."""
-    local = shard_batch(chunk, rank, world_size)
-    if len(local) == 0:
-        return chunk[:1], 0.0
-    return local, float(n_atoms[local].sum() / n_atoms[chunk].sum())
-
-
-# ----------------------------------------------------------------------------- conformer sampling
-def conformer_weights(data: ConformerSet) -> np.ndarray:
-    """Per-conformer Boltzmann weights normalised per molecule key: a store's ``weights``, else
-    the ``boltzmann_weight`` property, else (or where unknown) uniform."""
-    from molgiae.data.store import normalised_weights
-
-    w = getattr(data, "weights", None)
-    if w is not None:
-        return np.asarray(w, dtype=np.float64)
-    raw = np.full(len(data), np.nan)
-    if "boltzmann_weight" in data.property_names:
-        raw = data.properties[:, data.property_names.index("boltzmann_weight")]
-    return normalised_weights(data.keys, raw)
-
-
-def sample_conformers(keys: np.ndarray, weights: np.ndarray, ids: np.ndarray, mode: str,
-                      rng: np.random.Generator) -> np.ndarray:
-    """One conformer id per molecule key among ``ids`` (sorted), drawn ``"uniform"``ly or by
-    ``"boltzmann"`` weight (renormalised over ``ids``; uniform for a molecule whose weights sum to 0)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) == 0:
-        return ids
-    k = np.asarray(keys)[ids]
-    order = np.lexsort((ids, k))
-    ids_s, k_s = ids[order], k[order]
-    starts = np.flatnonzero(np.r_[True, k_s[1:] != k_s[:-1]])
-    counts = np.diff(np.r_[starts, len(ids_s)])
-    u = rng.random(len(starts))
-    pick = starts + np.minimum((u * counts).astype(np.int64), counts - 1)
-    if mode == "boltzmann":
-        w = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64)[ids_s]), 0.0, None)
-        cw = np.cumsum(w)
-        base = cw[starts] - w[starts]
-        total = np.add.reduceat(w, starts)
-        target = base + u * total
-        by_weight = np.clip(np.searchsorted(cw, target, side="right"), starts, starts + counts - 1)
-        pick = np.where(total > 0, by_weight, pick)
-    elif mode != "uniform":
-        raise ValueError(f"unknown conformer sampling {mode!r}")
-    return np.sort(ids_s[pick])
 
 
 class _Collate:
@@ -311,17 +124,11 @@ def write_learning_curve(rows: list[dict], path: Path) -> None:
     ax[1].plot(ep, [r["val_rmsd"] for r in rows], "o-", color="C2")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("val rmsd (Å, hard P)")
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
+    atomic_csv(path, METRIC_COLUMNS, rows)
 
 
 @torch.no_grad()
@@ -370,10 +177,8 @@ def train(
         quiet, log = True, (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if rank0:  # temporary files of a run killed mid-write (SIGKILL): .last.pt.<pid>.tmp, ...
-        from molgiae.outputs import remove_stale_temps
-
-        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png"):
+    if rank0:  # temporary files of a run killed mid-write (SIGKILL): last.pt.tmp-<pid>, ...
+        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png", "metrics.csv"):
             remove_stale_temps(out / name)
     device = select_device(tc.device)
     if dist_info.enabled and device.type == "cuda":
@@ -418,8 +223,6 @@ def train(
     model = GroupInvariantAutoencoder(config.model).to(device)
     net = model
     if dist_info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil((n_train_molecules if sampling else len(train_ids)) / tc.batch_size)
@@ -493,15 +296,7 @@ def train(
     use_amp = tc.amp and device.type == "cuda"
     t_start = time.time() - state.seconds
     deadline = t_start + tc.time_limit_minutes * 60 if tc.time_limit_minutes else float("inf")
-    progress = None
-    if not quiet:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=True,
-        )
-        progress.start()
+    progress = None if quiet else epoch_progress()
     stopped = False
     world, rank = dist_info.world_size, dist_info.rank
 

@@ -58,7 +58,7 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, name: str = "test-model", *
     """An untrained, seeded autoencoder checkpoint (F = 16, D = 16, one block each side);
     ``train`` overrides TrainConfig fields (e.g. the split fractions)."""
     from molgiae.config import Config, ModelConfig, TrainConfig
-    from molgiae.training import CHECKPOINT_FORMAT
+    from molgiae.checkpoint import CHECKPOINT_FORMAT
 
     torch.manual_seed(seed)
     cfg = Config(model=ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),

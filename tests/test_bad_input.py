@@ -347,7 +347,8 @@ def test_train_resume_from_a_weights_only_file_is_a_clear_error(tmp_path, tiny_c
 
     from molgiae.config import Config
     from molgiae.data.split import split_ids
-    from molgiae.training import CheckpointError, train
+    from molgiae.checkpoint import CheckpointError
+    from molgiae.training import train
     from tests.equivariance import fixture_set
 
     ckpt = torch.load(tiny_checkpoint, weights_only=True)

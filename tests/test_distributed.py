@@ -14,7 +14,9 @@ import torch
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
-from molgiae.training import load_checkpoint, model_from_checkpoint, rank_share, shard_batch, train
+from molgiae.checkpoint import load_checkpoint, model_from_checkpoint
+from molgiae.train.distributed import rank_share, shard_batch
+from molgiae.training import train
 from tests.equivariance import QM9_FIXTURE, fixture_set
 
 DATA = fixture_set()

@@ -34,7 +34,7 @@ from molgiae.finetune.model import (
     load_predictor,
     prediction_column,
 )
-from molgiae.finetune.targets import ATOMREF, TARGET_NAMES, target_values
+from molgiae.data.targets import ATOMREF, TARGET_NAMES, target_values
 
 runner = CliRunner()
 HA_TO_EV = 27.211386246

@@ -33,7 +33,7 @@ from molgiae.data.store import (
     STORE_FORMAT, StoreConformerSet, is_store, molecule_id, normalised_weights, read_store, read_store_errors,
     write_store,
 )
-from molgiae.training import sample_conformers
+from molgiae.train.sampling import sample_conformers
 from tests.shared_data import shared_file
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -17,7 +17,7 @@ from molgiae.config import Config, ModelConfig
 from molgiae.data.conformers import load_qm9_npz
 from molgiae.data.loading import load_conformers
 from molgiae.data.split import split_ids
-from molgiae.training import load_checkpoint
+from molgiae.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "qm9_fixture.npz"

@@ -71,7 +71,7 @@ def test_cycle_finder_finds_a_circle():
 
 def test_no_import_circles_in_the_package():
     graph = import_graph()
-    assert "molgiae.data.ensemble_npz" in graph["molgiae.data.readers"]  # the graph sees imports
+    assert "molgiae.data.ensemble_npz" in graph["molgiae.data.readers.npz"]  # the graph sees imports
     assert "molgiae.data.readers" in graph["molgiae.data.store"]
     assert "molgiae.data.store" in graph["molgiae.cli"]  # ... inside functions too
     assert cycles(graph) == []
@@ -80,3 +80,30 @@ def test_no_import_circles_in_the_package():
 def test_no_module_imports_the_package_face():
     graph = import_graph()
     assert sorted(m for m, deps in graph.items() if "molgiae" in deps) == []
+
+
+#: The floors of README.md's Layout section: a module imports only from floors below its own, or
+#: from its own floor (module prefix -> floor; the longest matching prefix wins).
+FLOORS = {
+    "molgiae._version": 1, "molgiae.chem": 1, "molgiae.config": 1, "molgiae.outputs": 1, "molgiae.runtime": 1,
+    "molgiae.group": 2, "molgiae.symmetry": 2, "molgiae.painn_equivariant": 2,
+    "molgiae.model": 3, "molgiae.checkpoint": 3, "molgiae.data": 3,
+    "molgiae.train": 4, "molgiae.training": 4, "molgiae.metrics": 4, "molgiae.quality": 4, "molgiae.api": 4,
+    "molgiae.embedding": 5, "molgiae.finetune": 5,
+    "molgiae.cli": 6, "molgiae.__main__": 6, "molgiae": 6,
+}
+#: Known upward arrows (none).
+UPWARD_ALLOWED: set[tuple[str, str]] = set()
+
+
+def floor(module: str) -> int:
+    best = max((p for p in FLOORS if module == p or module.startswith(p + ".")), key=len)
+    return FLOORS[best]
+
+
+def test_floors():
+    graph = import_graph()
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps
+                    if floor(d) > floor(m) and (m, d) not in UPWARD_ALLOWED)
+    assert upward == []
+    assert all(floor(d) > floor(m) for m, d in UPWARD_ALLOWED if d in graph[m])

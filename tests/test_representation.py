@@ -9,7 +9,8 @@ from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.split import split_ids
 from molgiae.model import GroupInvariantAutoencoder
 from molgiae.painn_equivariant import SUM_POOL_SCALE, bounded_inner
-from molgiae.training import load_checkpoint, train
+from molgiae.checkpoint import load_checkpoint
+from molgiae.training import train
 from tests.equivariance import dense, fixture_set, molecule, random_action
 
 DATA = fixture_set()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from molgiae.training import lr_factor
+from molgiae.train.schedule import lr_factor
 
 WARMUP, TOTAL, MIN = 10, 110, 0.05
 

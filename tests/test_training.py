@@ -14,7 +14,8 @@ from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.split import split_ids
 from molgiae.metrics import score_molecules
 from molgiae.model import GroupInvariantAutoencoder
-from molgiae.training import CheckpointError, load_checkpoint, model_from_checkpoint, train
+from molgiae.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from molgiae.training import train
 from tests.equivariance import QM9_FIXTURE, fixture_set
 
 DATA = fixture_set()

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from molgiae.data.conformers import QM9_FORMAT, load_qm9_npz  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
-from molgiae.training import load_checkpoint  # noqa: E402
+from molgiae.outputs import atomic_output  # noqa: E402
+from molgiae.checkpoint import load_checkpoint  # noqa: E402
 
 DEFAULT_DATA = [ROOT.parent / "shared" / "data" / "qm9" / f"qm9_full_part{i}of2.npz" for i in (1, 2)]
 DEFAULT_CHECKPOINT = ROOT / "molgiae" / "pretrained" / "molgiae-qm9.pt"
@@ -52,13 +53,12 @@ def write_compact(paths: list[Path], out: Path) -> dict:
     data = load_qm9_npz(paths)
     if int(data.keys.max()) >= 2**31:
         raise ValueError("QM9 indices do not fit int32")
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(
-        tmp, format_version=np.array(f"{QM9_FORMAT}-1"), index=data.keys.astype(np.int32),
-        n_atoms=data.n_atoms.astype(np.uint8), ptr=data.ptr.astype(np.int64),
-        Z=data.elements.astype(np.uint8), R=data.coords.astype(np.float32),
-    )
-    tmp.replace(out)
+    with atomic_output(out) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no ".npz"
+        np.savez(
+            fh, format_version=np.array(f"{QM9_FORMAT}-1"), index=data.keys.astype(np.int32),
+            n_atoms=data.n_atoms.astype(np.uint8), ptr=data.ptr.astype(np.int64),
+            Z=data.elements.astype(np.uint8), R=data.coords.astype(np.float32),
+        )
     return {"conformers": len(data), "atoms": int(data.ptr[-1])}
 
 

@@ -52,14 +52,15 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from molgiae.checkpoint import load_checkpoint  # noqa: E402
 from molgiae.config import Config  # noqa: E402
 from molgiae.data.batching import batch_from_set, bucketed_batches  # noqa: E402
 from molgiae.data.loading import load_conformers  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss  # noqa: E402
-from molgiae.training import (  # noqa: E402
-    atomic_write_text, hardware_description, load_checkpoint, select_device, train, validate,
-)
+from molgiae.outputs import atomic_output, atomic_write_text  # noqa: E402
+from molgiae.train.distributed import hardware_description, select_device  # noqa: E402
+from molgiae.training import train, validate  # noqa: E402
 
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 
@@ -77,9 +78,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_output(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def sync(device: torch.device) -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from molgiae.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
 from molgiae.data.conformers import load_qm9_npz
 from molgiae.data.loading import load_conformers
 from molgiae.data.split import split_ids
 from molgiae.metrics import invariance_error, score_molecules, summarize
 from molgiae.quality import embedding_metrics
-from molgiae.training import atomic_torch_save, load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -38,6 +38,7 @@ Readers never raise for bad input; a malformed entry is a ``RecordError`` and re
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,8 +186,6 @@ def read_geom_rdkit_folder(path: str | Path, source: str | None = None) -> Itera
 
 def _read_pickle(pkl: Path, smiles: str, source: str, index: int) -> tuple[list[Item], bool]:
     """The items of one molecule's pickle and whether the whole file failed (one error)."""
-    import pickle
-
     try:
         with open(pkl, "rb") as fh:
             data = pickle.load(fh)  # noqa: S301 - GEOM's own format; documented as executing code

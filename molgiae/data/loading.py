@@ -7,8 +7,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from molgiae.data.conformers import ConformerSet, is_qm9_npz, load_qm9_npz
+from molgiae.data.readers import iter_records, records_only
 from molgiae.data.record import RecordError
 from molgiae.data.split import name_key
+from molgiae.data.store import concat_sets, is_store, read_store
 
 
 def load_conformers(
@@ -19,9 +21,6 @@ def load_conformers(
     (keys = molecule ids, plus Boltzmann weights); other formats go through the readers (keys from
     molecule names, so conformers of a molecule share a key and a split). Bad records are passed
     to ``on_error``."""
-    from molgiae.data.readers import iter_records, records_only
-    from molgiae.data.store import concat_sets, is_store, read_store
-
     expanded = [str(p) for p in paths]
     if expanded and all(Path(p).is_file() and is_qm9_npz(p) for p in expanded):
         return load_qm9_npz(expanded)

@@ -13,13 +13,17 @@ position) belongs to shard ``p % N``; other shards' records are read but not pas
 from __future__ import annotations
 
 import os
+import pickle
 import queue
+import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from molgiae.data.molecules import perceive_smiles
+from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord, RecordError
 
 Item = ConformerRecord | RecordError
@@ -56,8 +60,6 @@ def positioned_items(paths: Sequence[str | Path], reader_options: dict | None = 
                      shard: tuple[int, int] | None = None, perceive: bool = False,
                      sources: set[str] | None = None) -> Iterator[tuple[int, Item]]:
     """:func:`position` over every record of ``paths`` (files or glob patterns, any format)."""
-    from molgiae.data.readers import iter_records
-
     yield from position(iter_records([str(p) for p in paths], **(reader_options or {})), shard, perceive, sources)
 
 
@@ -81,9 +83,6 @@ def _child_main() -> None:
     ``("items", [(pos, item), ...])``… then ``("done", sources)`` or ``("error", traceback)`` to
     the pipe that was its stdout (its fd 1 is pointed at stderr, so stray prints cannot corrupt
     the stream)."""
-    import pickle
-    import sys
-
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     try:
@@ -122,10 +121,6 @@ class ReadAhead:
     def __init__(self, paths: Sequence[str | Path], reader_options: dict | None = None, *,
                  shard: tuple[int, int] | None = None, perceive: bool = False,
                  chunk: int = CHUNK, depth: int = DEPTH):
-        import pickle
-        import subprocess
-        import sys
-
         self.sources: set[str] = set()
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
@@ -147,8 +142,6 @@ class ReadAhead:
 
     def _pump_messages(self) -> None:
         """Thread: unpickle the child's messages into the queue; ("eof", None) at the end."""
-        import pickle
-
         while True:
             try:
                 message = pickle.load(self._process.stdout)

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from molgiae.chem import symbol
+
 #: Longest record name kept (a title line of 100 MB is not a name); longer ones are cut and marked.
 MAX_NAME_CHARS = 200
 #: Longest error reason kept.
@@ -128,8 +130,6 @@ def check_record(record: ConformerRecord, elements: tuple[int, ...], max_atoms: 
     """Why a model with vocabulary ``elements`` (and, to reconstruct, ``max_atoms``) cannot take
     a record: its geometry (:func:`check_geometry`, flat molecules allowed), elements outside the
     vocabulary, or too many atoms. None when it can."""
-    from molgiae.chem import symbol
-
     problem = check_geometry(record, allow_flat=True)
     if problem:
         return problem

@@ -34,7 +34,7 @@ to 1 (conformers dropped as unreadable no longer count); otherwise every conform
 ``1 / n_conformers``. The raw value stays in ``properties``.
 
 Writing streams: records go to raw temporary files next to the output (memory holds only the
-small per-conformer columns), the HDF5 file is built in ``.OUT.<pid>.tmp`` and renamed at the
+small per-conformer columns), the HDF5 file is built in ``OUT.tmp-<pid>`` and renamed at the
 end; an exception leaves no partial store.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ from molgiae.data.conformers import ConformerSet
 from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord, RecordError
 from molgiae.data.split import name_key
-from molgiae.outputs import refuse_input_as_output, remove_stale_temps
+from molgiae.outputs import atomic_output, refuse_input_as_output, remove_stale_temps
 
 STORE_FORMAT = "molgiae-conformer-store-1"
 STORE_SUFFIXES = (".h5", ".hdf5")
@@ -168,6 +168,48 @@ class _Spool:
             fh.close()
 
 
+def _write_atoms(f, spool_dir: Path, n_total: int) -> None:
+    """The ``elements`` and ``coords`` datasets, copied from the spool in blocks."""
+    el = f.create_dataset("elements", shape=(n_total,), dtype=np.uint8)
+    xyz = f.create_dataset("coords", shape=(n_total, 3), dtype=np.float32)
+    for start in range(0, n_total, _BLOCK_ROWS):
+        k = min(_BLOCK_ROWS, n_total - start)
+        el[start:start + k] = np.fromfile(spool_dir / "elements.u8", np.uint8, k, offset=start)
+        xyz[start:start + k] = np.fromfile(spool_dir / "coords.f32", np.float32, 3 * k,
+                                           offset=12 * start).reshape(k, 3)
+
+
+def _write_text_columns(f, spool_dir: Path, n_conf: int, prop_names: list[str], text) -> None:
+    """The ``name``, ``smiles`` and ``properties`` datasets, from the spool's JSON lines in blocks."""
+    chunk = min(n_conf, 1 << 16)
+    names = f.create_dataset("name", shape=(n_conf,), dtype=text, chunks=(chunk,), compression="gzip")
+    smiles = f.create_dataset("smiles", shape=(n_conf,), dtype=text, chunks=(chunk,), compression="gzip")
+    props = f.create_dataset("properties", shape=(n_conf, len(prop_names)), dtype=np.float64)
+    props.attrs["names"] = json.dumps(prop_names)
+    column = {k: j for j, k in enumerate(prop_names)}
+    with open(spool_dir / "text.jsonl", encoding="utf-8") as fh:
+        start = 0
+        while start < n_conf:
+            lines = [json.loads(fh.readline()) for _ in range(min(_BLOCK_ROWS // 16, n_conf - start))]
+            block = np.full((len(lines), len(prop_names)), np.nan)
+            for i, (_, _, p) in enumerate(lines):
+                for k, v in p.items():
+                    block[i, column[k]] = v
+            names[start:start + len(lines)] = np.array([x[0] for x in lines], dtype=object)
+            smiles[start:start + len(lines)] = np.array([x[1] for x in lines], dtype=object)
+            if prop_names:
+                props[start:start + len(lines)] = block
+            start += len(lines)
+
+
+def _write_errors(g, errs: list[RecordError], text) -> None:
+    """The ``errors`` group: one row per failed record."""
+    g.create_dataset("source", data=np.array([e.source for e in errs], dtype=object), dtype=text)
+    g.create_dataset("record", data=np.array([e.index for e in errs], dtype=np.int64))
+    g.create_dataset("name", data=np.array([e.name for e in errs], dtype=object), dtype=text)
+    g.create_dataset("reason", data=np.array([e.reason for e in errs], dtype=object), dtype=text)
+
+
 def write_store(
     items: Iterable[Item],
     path: str | Path,
@@ -187,10 +229,8 @@ def write_store(
 
     t0 = time.time()
     path = Path(path)
-    remove_stale_temps(path)  # .OUT.<pid>.tmp / .parts of runs that were killed
-    tag = f".{path.name}.{os.getpid()}"
-    spool_dir = path.with_name(tag + ".parts")
-    tmp = path.with_name(tag + ".tmp")
+    remove_stale_temps(path)  # OUT.tmp-<pid> / .OUT.<pid>.parts of runs that were killed
+    spool_dir = path.with_name(f".{path.name}.{os.getpid()}.parts")
     if spool_dir.exists():
         shutil.rmtree(spool_dir)
     spool = _Spool(spool_dir)
@@ -215,45 +255,17 @@ def write_store(
         weight = normalised_weights(molecule, np.frombuffer(spool.raw_weight, dtype=np.float64))
         prop_names = sorted(spool.prop_names)
         text = h5py.string_dtype("utf-8")
-        with h5py.File(tmp, "w") as f:
-            el = f.create_dataset("elements", shape=(n_total,), dtype=np.uint8)
-            xyz = f.create_dataset("coords", shape=(n_total, 3), dtype=np.float32)
-            for start in range(0, n_total, _BLOCK_ROWS):
-                k = min(_BLOCK_ROWS, n_total - start)
-                el[start:start + k] = np.fromfile(spool_dir / "elements.u8", np.uint8, k, offset=start)
-                xyz[start:start + k] = np.fromfile(spool_dir / "coords.f32", np.float32, 3 * k,
-                                                   offset=12 * start).reshape(k, 3)
+        with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+            _write_atoms(f, spool_dir, n_total)
             f.create_dataset("atom_ptr", data=atom_ptr)
             f.create_dataset("molecule", data=molecule)
             f.create_dataset("weight", data=weight.astype(np.float32))
             f.create_dataset("source_id", data=np.frombuffer(spool.source_id, dtype=np.int32))
             f.create_dataset("record", data=np.frombuffer(spool.record, dtype=np.int64))
             f.create_dataset("sources", data=np.array(list(spool.sources), dtype=object), dtype=text)
-            chunk = min(n_conf, 1 << 16)
-            names = f.create_dataset("name", shape=(n_conf,), dtype=text, chunks=(chunk,), compression="gzip")
-            smiles = f.create_dataset("smiles", shape=(n_conf,), dtype=text, chunks=(chunk,), compression="gzip")
-            props = f.create_dataset("properties", shape=(n_conf, len(prop_names)), dtype=np.float64)
-            props.attrs["names"] = json.dumps(prop_names)
-            column = {k: j for j, k in enumerate(prop_names)}
-            with open(spool_dir / "text.jsonl", encoding="utf-8") as fh:
-                start = 0
-                while start < n_conf:
-                    lines = [json.loads(fh.readline()) for _ in range(min(_BLOCK_ROWS // 16, n_conf - start))]
-                    block = np.full((len(lines), len(prop_names)), np.nan)
-                    for i, (_, _, p) in enumerate(lines):
-                        for k, v in p.items():
-                            block[i, column[k]] = v
-                    names[start:start + len(lines)] = np.array([x[0] for x in lines], dtype=object)
-                    smiles[start:start + len(lines)] = np.array([x[1] for x in lines], dtype=object)
-                    if prop_names:
-                        props[start:start + len(lines)] = block
-                    start += len(lines)
+            _write_text_columns(f, spool_dir, n_conf, prop_names, text)
             errs = spool.errors
-            g = f.create_group("errors")
-            g.create_dataset("source", data=np.array([e.source for e in errs], dtype=object), dtype=text)
-            g.create_dataset("record", data=np.array([e.index for e in errs], dtype=np.int64))
-            g.create_dataset("name", data=np.array([e.name for e in errs], dtype=object), dtype=text)
-            g.create_dataset("reason", data=np.array([e.reason for e in errs], dtype=object), dtype=text)
+            _write_errors(f.create_group("errors"), errs, text)
             n_mol = int(len(np.unique(molecule)))
             f.attrs.update({
                 "format": STORE_FORMAT, "molgiae_version": __version__,
@@ -261,10 +273,8 @@ def write_store(
                 "inputs": json.dumps([str(p) for p in inputs]), "n_conformers": n_conf, "n_molecules": n_mol,
                 "n_atoms": n_total, "n_errors": len(errs), "group_by": group_by,
             })
-        os.replace(tmp, path)
     except BaseException:
         spool.close()
-        tmp.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)

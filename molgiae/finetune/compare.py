@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from molgiae.data.conformers import ConformerSet
-from molgiae.finetune.loop import _atomic_csv, finetune, finish_curve_figure
-from molgiae.finetune.targets import get_target
+from molgiae.data.targets import get_target
+from molgiae.finetune.loop import finetune, finish_curve_figure
+from molgiae.outputs import atomic_csv, atomic_write_text
 
 COMPARE_COLUMNS = ("target", "fraction", "seed", "init", "frozen", "n_train", "n_val", "n_test", "epochs_run",
                    "best_epoch", "val_mae", "test_mae", "report_unit", "wall_seconds")
@@ -131,8 +132,7 @@ def compare(
                          "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"], "val_mae": r["val_mae"],
                          "test_mae": r["test_mae"], "report_unit": r["report_unit"], "wall_seconds": r["wall_seconds"]})
             histories.append((init, seed, res.history))
-    _atomic_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
-    from molgiae.training import atomic_write_text
+    atomic_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
 
     title = f"{target}: pretrained vs scratch, fraction {fraction:g}, seeds {', '.join(map(str, seeds))}"
     atomic_write_text(out / "compare.md", f"# {title}\n\n" + markdown_table(rows, summarize(rows)))

@@ -26,29 +26,33 @@ loadable with ``weights_only=True``) and ``learning_curve.png``.
 """
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from molgiae._version import __version__
+from molgiae.api import file_sha256
+from molgiae.checkpoint import atomic_torch_save, load_checkpoint
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import split_ids
+from molgiae.data.targets import get_target, target_values
 from molgiae.finetune.model import PropertyModel, property_checkpoint
-from molgiae.finetune.targets import get_target, target_values
+from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
+from molgiae.train.distributed import select_device, setup_distributed, shard_batch
+from molgiae.train.progress import epoch_progress
+from molgiae.train.schedule import lr_factor
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_mae", "seconds")
 PREDICTION_COLUMNS = ("name", "key", "split", "target", "prediction")
@@ -179,21 +183,6 @@ def predict_ids(model: PropertyModel, data: ConformerSet, ids: np.ndarray, batch
 
 
 # ----------------------------------------------------------------------------- artefacts
-def _atomic_csv(path: Path, columns: Sequence[str], rows: Iterable[dict | Sequence]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(columns)
-            for r in rows:
-                w.writerow([r[c] for c in columns] if isinstance(r, dict) else r)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_finetune_curve(history: list[dict], path: Path, report_unit: str, report_scale: float, title: str = "") -> None:
     import matplotlib
 
@@ -211,8 +200,6 @@ def finish_curve_figure(fig, ax, path: Path, report_unit: str, title: str = "") 
     """Label the (train loss, val MAE) axes of a fine-tuning curve figure and save it atomically."""
     from matplotlib.ticker import MaxNLocator
 
-    from molgiae.training import atomic_savefig
-
     ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss (standardised)"), ax[0].set_yscale("log")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val MAE ({report_unit})"), ax[1].set_yscale("log")
     for a in ax:
@@ -220,7 +207,7 @@ def finish_curve_figure(fig, ax, path: Path, report_unit: str, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -228,9 +215,6 @@ def _resolve_architecture(pretrained: Path | None, scratch: bool, model_config: 
                           train_config: TrainConfig | None) -> tuple[Config, dict | None, str | None]:
     """(autoencoder config, its checkpoint or None, sha256 of the checkpoint file or None)."""
     if pretrained is not None:
-        from molgiae.api import file_sha256
-        from molgiae.training import load_checkpoint
-
         ckpt = load_checkpoint(pretrained)
         return Config.from_dict(ckpt["config"]), ckpt, file_sha256(pretrained)
     if not scratch:
@@ -283,7 +267,6 @@ def finetune(
     pretrained = Path(pretrained) if pretrained is not None else None
     ae_config, ae_ckpt, sha = _resolve_architecture(pretrained, scratch, model_config, train_config)
     init = "scratch" if scratch else "pretrained"
-    from molgiae.training import lr_factor, select_device, setup_distributed, shard_batch
 
     dist_info = setup_distributed(device)
     world, rank0 = dist_info.world_size, dist_info.rank == 0
@@ -316,8 +299,6 @@ def finetune(
     params = [p for p in model.parameters() if p.requires_grad]
     net = model
     if dist_info.enabled:  # gradients of the trainable parameters are averaged over ranks
-        from torch.nn.parallel import DistributedDataParallel
-
         # the autoencoder's code, frame and score heads are part of the encoder but unused here
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                       find_unused_parameters=True)
@@ -341,15 +322,8 @@ def finetune(
     history: list[dict] = []
     best = {"val_mae": math.inf, "epoch": 0, "state": None}
     t0 = time.time()
-    progress = task = None
-    if not quiet:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
-        progress.start()
+    task = None
+    progress = None if quiet else epoch_progress(stderr=True)
     stopped_early = False
     model.train()
     try:
@@ -392,7 +366,7 @@ def finetune(
                    "seconds": round(time.time() - t0, 2)}
             history.append(row)
             if rank0:
-                _atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
+                atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
             improved = not math.isfinite(best["val_mae"]) or val_mae < best["val_mae"]
             if improved or not len(val_ids):
                 best = {"val_mae": val_mae, "epoch": epoch,
@@ -455,8 +429,6 @@ def finetune(
         "device": str(dev),
         "metadata": dict(metadata or {}),
     }
-    from molgiae.training import atomic_torch_save, atomic_write_text
-
     result["molgiae_version"] = __version__
     if dist_info.enabled:
         result["world_size"] = world
@@ -477,7 +449,7 @@ def finetune(
                 yield {"name": data.names[i], "key": int(data.keys[i]), "split": name,
                        "target": repr(float(labels[i])), "prediction": repr(float(p))}
 
-    _atomic_csv(out / "predictions.csv", PREDICTION_COLUMNS, prediction_rows())
+    atomic_csv(out / "predictions.csv", PREDICTION_COLUMNS, prediction_rows())
     model.cpu().eval()
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     write_finetune_curve(history, out / "learning_curve.png", spec.report_unit, spec.report_scale,

@@ -15,6 +15,9 @@ kinds). ``a_i`` is an MLP of the encoder's invariant atom features ``s_i``.
 """
 from __future__ import annotations
 
+import csv
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,9 +27,17 @@ import torch
 from torch import Tensor, nn
 
 from molgiae import group
+from molgiae.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from molgiae.chem import symbol
 from molgiae.config import Config, ModelConfig
-from molgiae.finetune.targets import get_target
+from molgiae.data.batching import batch_from_records
+from molgiae.data.molecules import perceive_smiles
+from molgiae.data.read_ahead import read_positioned
+from molgiae.data.record import RecordError, check_record
+from molgiae.data.targets import get_target
+from molgiae.embedding.streaming import NothingWrittenError, stream_results
 from molgiae.model import DenseMolecules, ElementVocabulary
+from molgiae.outputs import atomic_output, refuse_input_as_output
 from molgiae.painn_equivariant import PainnEncoder, mlp
 
 PROPERTY_FORMAT = "molgiae-property-1"
@@ -162,8 +173,6 @@ def property_checkpoint(model: PropertyModel, autoencoder_config: Config, metada
 
 def load_property_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a fine-tuned checkpoint with ``weights_only=True``; CheckpointError when it is not one."""
-    from molgiae.training import CHECKPOINT_FORMAT, load_checkpoint
-
     return load_checkpoint(
         path, map_location, expected_format=PROPERTY_FORMAT, what="a fine-tuned molgiae property model",
         required=("config", "property", "model"),
@@ -208,8 +217,6 @@ class PropertyPredictor:
 
     def check(self, record, reconstruct: bool = False) -> str | None:
         """Why the model cannot take ``record`` (geometry, vocabulary), or None."""
-        from molgiae.data.record import check_record
-
         return check_record(record, self.elements)
 
     @property
@@ -226,8 +233,6 @@ class PropertyPredictor:
     def domain_note(self, record) -> str:
         """"" when ``record`` lies inside the training domain, else why not (a prediction far
         outside it, e.g. a 200-atom alkane for a QM9 model, is an extrapolation)."""
-        from molgiae.chem import symbol
-
         d = self.domain
         notes = []
         n = record.n_atoms
@@ -241,8 +246,6 @@ class PropertyPredictor:
     @torch.no_grad()
     def predict_records(self, records: Sequence) -> np.ndarray:
         """Predictions (target unit) of valid records. → float64 [len(records)]."""
-        from molgiae.data.batching import batch_from_records
-
         if not records:
             return np.zeros(0)
         mols = self.model.dense(batch_from_records(records).to(self.device))
@@ -268,8 +271,6 @@ def encoder_state(model_or_ckpt: Any) -> dict[str, Tensor]:
 def prediction_column(target: str) -> str:
     """CSV column of a target's predictions: ``<target>_<unit>`` with the unit made file-safe
     (``U0_eV``, ``alpha_a0^3``, ``Cv_cal_per_mol_K``)."""
-    import re
-
     unit = get_target(target).unit.replace("/", "_per_")
     return f"{target}_{re.sub(r'[^A-Za-z0-9^]+', '_', unit).strip('_')}"
 
@@ -298,31 +299,18 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
     reader); rows in input order.
     Bad records are skipped and passed to ``on_error`` (the same checks and streaming as
     ``molgiae embed``). The file is written to a temporary name and renamed; when nothing could
-    be predicted, :class:`molgiae.embedding.NothingWrittenError` is raised and no file is left.
+    be predicted, :class:`molgiae.embedding.streaming.NothingWrittenError` is raised and no file is left.
     ``read_ahead``: read (and perceive SMILES) in a child process, overlapping the model.
     ``max_atoms``: records with more atoms are errors (memory bound; None: no cap).
     """
-    import os
-    import time
-
-    from molgiae.data.molecules import perceive_smiles
-    from molgiae.data.read_ahead import read_positioned
-    from molgiae.data.record import RecordError
-    from molgiae.embedding import NothingWrittenError, stream_results
-
-    from molgiae.outputs import refuse_input_as_output, temp_path
-
     out = Path(out)
     refuse_input_as_output(out, inputs)
     start = time.perf_counter()
     summary = PredictSummary(out=out)
     positioned, sources = read_positioned(inputs, reader_options, perceive=smiles and read_ahead,
                                           read_ahead=read_ahead)
-    tmp = temp_path(out)
     column = prediction_column(predictor.target)
-    try:
-        import csv
-
+    with atomic_output(out) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["source", "record", "name", "smiles", "n_atoms", column, "in_domain", "note"])
@@ -346,9 +334,5 @@ def predict_to_csv(predictor: PropertyPredictor, inputs: Sequence[str | Path], o
         if summary.n_predicted == 0:
             raise NothingWrittenError(f"no conformer could be predicted ({summary.n_failed} failed); "
                                       f"nothing written to {out}", summary)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     summary.seconds = time.perf_counter() - start
     return summary
