@@ -99,6 +99,13 @@ def handle_interrupts() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
 
 
+def raise_if_interrupted() -> None:
+    """Raise the interruption again if a signal arrived but its exception was swallowed (RDKit's
+    substructure search catches KeyboardInterrupt and only logs it). Long loops call this."""
+    if _received:
+        raise Terminated("SIGTERM") if _received[0] == "SIGTERM" else KeyboardInterrupt
+
+
 def interrupted_by() -> str | None:
     """"Ctrl-C" or "SIGTERM" once one arrived (after :func:`handle_interrupts`), else None."""
     return _received[0] if _received else None

@@ -434,3 +434,32 @@ def test_huge_record_names_are_capped(tmp_path):
     sdf = write_sdf(tmp_path / "long.sdf", [title + "\nbroken record\n"])
     (err,) = _records(sdf)
     assert isinstance(err, RecordError) and len(err.name) < MAX_NAME_CHARS + 50 and len(str(err)) < 5000
+
+
+def test_an_interrupt_swallowed_by_a_c_extension_still_stops_the_stream(tiny_model, monkeypatch, tmp_path):
+    """RDKit's substructure search catches the KeyboardInterrupt of a Ctrl-C and only logs it (a
+    flaky signal test showed the run then finished with exit 0): the stream raises it again."""
+    import signal
+    import time
+
+    from molgiae import runtime
+    from molgiae.embedding.streaming import stream_results
+
+    monkeypatch.setattr(runtime, "_received", [])
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        runtime.handle_interrupts()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass  # swallowed, as RDKit does
+        assert runtime.interrupted_by() == "Ctrl-C"
+        example = tmp_path / "in.sdf"
+        shutil.copy(EXAMPLE_SDF, example)
+        records = _records(example)[:3]
+        with pytest.raises(KeyboardInterrupt):
+            list(stream_results(tiny_model, enumerate(records), lambda recs: [None] * len(recs)))
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])

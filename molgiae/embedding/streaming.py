@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from molgiae.data.batching import size_sorted_batches
 from molgiae.data.read_ahead import position
 from molgiae.data.record import ConformerRecord, RecordError
-from molgiae.runtime import release_free_memory
+from molgiae.runtime import raise_if_interrupted, release_free_memory
 
 if TYPE_CHECKING:
     from molgiae.api import MolgiaeModel
@@ -146,6 +146,7 @@ def stream_results(
     capacity = batch_size * max(1, window_batches)
     window: list[tuple[int, Item]] = []
     for pos, item in items:
+        raise_if_interrupted()  # a Ctrl-C that a C extension swallowed while reading still stops the run
         item = _checked(model, item, reconstruct, max_atoms)
         if isinstance(item, RecordError) and on_error is not None:
             on_error(item)
@@ -156,4 +157,5 @@ def stream_results(
             yield from _process_window(window, process, batch_size, on_error)
             window = []
             release_free_memory()  # resident memory flat in the number of molecules
+    raise_if_interrupted()
     yield from _process_window(window, process, batch_size, on_error)
