@@ -10,7 +10,6 @@ time) so that other jobs on the machine do not bias the comparison; the CPU seco
 are printed beside it. Variant fields are ModelConfig / TrainConfig fields. Not a test.
 """
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,30 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from molgiae.config import Config, ModelConfig, TrainConfig
+from molgiae.config import Config
 from molgiae.data.conformers import load_qm9_npz
 from molgiae.data.split import split_ids
 from molgiae.metrics import score_molecules
 from molgiae.checkpoint import load_checkpoint, model_from_checkpoint
 from molgiae.training import train
+from time_to_quality import parse_variant as config_of  # bench/ is on sys.path when run as a script
 
 QM9 = ["../shared/data/qm9/qm9_full_part1of2.npz", "../shared/data/qm9/qm9_full_part2of2.npz"]
 
 
 def parse_variant(text: str) -> tuple[str, Config]:
-    cfg = Config(ModelConfig(decoder="transformer"),
-                 TrainConfig(batch_size=32, lr=1e-3, warmup_steps=200, checkpoint_every=10**9))
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    name = text
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=")
-        if key == "name":
-            name = value
-            continue
-        target = cfg.model if key in model_fields else cfg.train
-        old = getattr(target, key)
-        setattr(target, key, type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true"))
-    return name, Config.from_dict(cfg.to_dict())
+    """``name=NAME,key=value,...`` → (name, config); the fields as in ``time_to_quality.py``,
+    with 200 warm-up steps."""
+    items = [item for item in text.split(",") if item]
+    names = [item.split("=", 1)[1] for item in items if item.startswith("name=")]
+    fields = ",".join(item for item in items if not item.startswith("name="))
+    return (names[-1] if names else text), config_of(fields, warmup_steps=200)
 
 
 def main() -> None:

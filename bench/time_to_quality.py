@@ -28,9 +28,10 @@ from molgiae.training import train
 QM9 = ["../shared/data/qm9/qm9_full_part1of2.npz", "../shared/data/qm9/qm9_full_part2of2.npz"]
 
 
-def parse_variant(text: str) -> Config:
+def parse_variant(text: str, warmup_steps: int = 100) -> Config:
+    """``key=value,...`` (ModelConfig or TrainConfig fields) over this bench's base config."""
     cfg = Config(ModelConfig(decoder="transformer"),
-                 TrainConfig(batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=10**9))
+                 TrainConfig(batch_size=32, lr=1e-3, warmup_steps=warmup_steps, checkpoint_every=10**9))
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
