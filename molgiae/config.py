@@ -100,6 +100,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, not {self.epochs} (nothing would be trained or written)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.lambda_smooth > 0 and not self.coord_noise > 0:
+            raise ValueError(f"lambda_smooth {self.lambda_smooth} needs coord_noise > 0 (the term measures how far "
+                             f"that noise moves z); without it the term would be silently off")
 
 
 @dataclass

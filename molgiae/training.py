@@ -341,7 +341,7 @@ def train(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out_ = net(mols, permutation="straight_through", tau=tc.tau)
                 parts = reconstruction_loss(out_, target, tc.lambda_type, tc.lambda_perm)
-                if tc.lambda_smooth > 0 and tc.coord_noise > 0:
+                if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it
                     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                         clean_z = model.encode(target).z
                     parts["loss"] = parts["loss"] + tc.lambda_smooth * code_smoothness(out_.encoding.z, clean_z)

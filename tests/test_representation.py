@@ -141,3 +141,11 @@ def test_training_with_the_smoothness_term_runs_and_records_it(tmp_path):
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert state.step > 0 and ckpt["config"]["train"]["lambda_smooth"] == 2.0
     assert np.isfinite(state.history[-1]["train_loss"])
+
+
+def test_the_smoothness_term_without_noise_is_refused_not_silently_off():
+    import pytest
+
+    with pytest.raises(ValueError, match="coord_noise"):
+        TrainConfig(lambda_smooth=1.0)
+    assert TrainConfig(lambda_smooth=1.0, coord_noise=0.05).lambda_smooth == 1.0
