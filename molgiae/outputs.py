@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from molgiae.runtime import raise_if_interrupted
+
 
 class OutputIsInputError(ValueError):
     """The output path resolves to an input file; nothing was written."""
@@ -107,11 +109,13 @@ def temp_path(out: str | os.PathLike) -> Path:
 def atomic_output(out: str | os.PathLike) -> Iterator[Path]:
     """Yield :func:`temp_path` of ``out``; on normal exit rename it to ``out`` (atomic on one
     file system), on any exception (KeyboardInterrupt and SIGTERM's SystemExit included) remove
-    it and re-raise. Whatever writes the temporary file must have closed it by the block's end."""
+    it and re-raise; also when an interruption arrived during the block but was swallowed
+    (:func:`molgiae.runtime.raise_if_interrupted`). Whatever writes the temporary file must have closed it by the block's end."""
     out = Path(out)
     tmp = temp_path(out)
     try:
         yield tmp
+        raise_if_interrupted()  # a Ctrl-C / SIGTERM whose exception was caught and dropped: no output either
         os.replace(tmp, out)
     except BaseException:
         try:

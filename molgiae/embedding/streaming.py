@@ -146,7 +146,7 @@ def stream_results(
     capacity = batch_size * max(1, window_batches)
     window: list[tuple[int, Item]] = []
     for pos, item in items:
-        raise_if_interrupted()  # a Ctrl-C that a C extension swallowed while reading still stops the run
+        raise_if_interrupted()  # stop early after a swallowed Ctrl-C (atomic_output would not commit anyway)
         item = _checked(model, item, reconstruct, max_atoms)
         if isinstance(item, RecordError) and on_error is not None:
             on_error(item)
@@ -157,5 +157,4 @@ def stream_results(
             yield from _process_window(window, process, batch_size, on_error)
             window = []
             release_free_memory()  # resident memory flat in the number of molecules
-    raise_if_interrupted()
     yield from _process_window(window, process, batch_size, on_error)
