@@ -6,7 +6,7 @@
 ``--data`` takes a QM9 npz (default: the 1,000-molecule QM9 sample), a conformer store or any
 molecule files. For each batch size, prints milliseconds per batch of
 
-* ``build``: ``batch_from_set`` (slice the flat arrays, build the PyG ``Batch``) in this process;
+* ``build``: ``batch_from_set`` (slice the flat arrays, pad them into a ``DenseMolecules``) in this process;
 * ``to_dense``: host→device copy and ``model.dense`` (padding), part of the training step;
 * ``step``: forward, loss, backward, optimizer step (``build`` excluded);
 * ``loader``: time the training loop waits per batch for a ``DataLoader`` with ``--workers``
@@ -61,7 +61,7 @@ def main() -> None:
             t0 = time.perf_counter()
             batch = batch_from_set(data, chunk)
             t1 = time.perf_counter()
-            mols = model.dense(batch.to(device, non_blocking=True))
+            mols = batch.to(device, non_blocking=True)
             _sync(device)
             t2 = time.perf_counter()
             out = model(mols, permutation="straight_through", tau=0.3)

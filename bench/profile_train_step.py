@@ -37,7 +37,7 @@ def main() -> None:
     batches = bucketed_batches(data.n_atoms, np.arange(len(data)), args.batch_size, np.random.default_rng(0))
 
     def step(chunk):
-        mols = model.dense(batch_from_set(data, chunk))
+        mols = batch_from_set(data, chunk)
         out = model(mols, permutation="straight_through", tau=0.3)
         loss = reconstruction_loss(out, mols)["loss"]
         opt.zero_grad()

@@ -45,7 +45,7 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0, n = time.perf_counter(), 0
-            mols = model.dense(batch_from_set(data, chunk).to(device))
+            mols = batch_from_set(data, chunk).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = model(mols, permutation="straight_through", tau=0.3)
             loss = reconstruction_loss(out, mols)["loss"]

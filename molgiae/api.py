@@ -132,14 +132,14 @@ class MolgiaeModel:
         """Invariant codes of valid records (check them first). → float32 [len(records), D]."""
         if not records:
             return np.zeros((0, self.embedding_dim), np.float32)
-        mols = self.model.dense(batch_from_records(records).to(self.device))
+        mols = batch_from_records(records).to(self.device)
         return self.model.embed(mols).float().cpu().numpy()
 
     @torch.no_grad()
     def reconstruct_records(self, records: Sequence[ConformerRecord], canonical: bool = False) -> list[ReconstructedMolecule]:
         if not records:
             return []
-        mols = self.model.dense(batch_from_records(records).to(self.device))
+        mols = batch_from_records(records).to(self.device)
         out = self.model(mols, permutation="hard")
         coords = out.coords.float().cpu().numpy()
         pred_species = out.logits.argmax(-1)

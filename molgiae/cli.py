@@ -57,50 +57,6 @@ def _with_extra_paths(ctx: typer.Context, paths: List[Path]) -> List[Path]:
     return list(paths) + [Path(a) for a in ctx.args]
 
 
-def _train_config(out: Path, resume: bool, device: str, model_opts: dict, train_opts: dict):
-    """The run's config: with --resume, OUT/config.json (else OUT/last.pt's config), else the
-    defaults; then every option given on the command line, and a re-validation."""
-    from molgiae.checkpoint import CheckpointError, load_checkpoint
-    from molgiae.config import Config
-
-    cfg = Config()
-    try:
-        if resume and (out / "config.json").exists():
-            cfg = Config.from_dict(json.loads((out / "config.json").read_text()))
-        elif resume and (out / "last.pt").exists():  # e.g. the bundled checkpoint copied to OUT/last.pt
-            cfg = Config.from_dict(load_checkpoint(out / "last.pt")["config"])
-    except CheckpointError as exc:
-        fail(f"cannot resume: {exc}")
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # an unreadable or hand-edited config.json
-        fail(f"cannot resume: {out / 'config.json'} is unusable ({type(exc).__name__}: {exc})")
-    for k, v in model_opts.items():
-        if v is not None:
-            setattr(cfg.model, k, v)
-    for k, v in train_opts.items():
-        if v is not None:
-            setattr(cfg.train, k, v)
-    cfg.train.device = device
-    try:
-        return Config.from_dict(cfg.to_dict())  # re-validate
-    except ValueError as exc:
-        fail(str(exc))
-
-
-def _training_splits(dataset, cfg, announce: bool) -> dict:
-    """Molecule-level split of ``dataset``; training molecules over ``max_atoms`` are left out."""
-    from molgiae.data.split import split_ids
-
-    splits = split_ids(dataset.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)
-    too_big = dataset.n_atoms[splits["train"]] > cfg.model.max_atoms
-    if too_big.any():
-        err(f"note: {int(too_big.sum())} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
-        splits["train"] = splits["train"][~too_big]
-    if announce:
-        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
-            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
-    return splits
-
-
 @app.command(context_settings=MULTI_PATH)
 def train(
     ctx: typer.Context,
@@ -148,6 +104,7 @@ def train(
 
     from molgiae.checkpoint import CheckpointError
     from molgiae.data.loading import load_conformers
+    from molgiae.training import run_config, training_splits
     from molgiae.training import train as run_training
 
     data = _with_extra_paths(ctx, data)
@@ -162,7 +119,10 @@ def train(
                       conformer_sampling=conformer_sampling, num_workers=num_workers,
                       coord_noise=coord_noise, weight_decay=weight_decay, lambda_smooth=lambda_smooth,
                       init_from=str(init_from) if init_from else None)
-    cfg = _train_config(out, resume, device, model_opts, train_opts)
+    try:
+        cfg = run_config(out, resume).with_options(model_opts, {**train_opts, "device": device})
+    except ValueError as exc:
+        fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
 
     missing = [str(p) for p in data if not p.exists()]
@@ -173,14 +133,19 @@ def train(
         dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
     except ValueError as exc:
         fail(str(exc))
-    splits = _training_splits(dataset, cfg, announce=not quiet and rank0)
+    splits, too_big = training_splits(dataset, cfg)
+    if too_big:
+        err(f"note: {too_big} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
+    if not quiet and rank0:
+        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
+            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
     meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
     try:
         state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)
     except (ValueError, CheckpointError) as exc:
         fail(str(exc))
     if rank0:
-        typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val_rmsd:.3f} Å; "
+        typer.echo(f"done: {state.epoch} epochs, {state.step} steps, best val rmsd {state.best_val:.3f} Å; "
                    f"checkpoints in {out}")
 
 

@@ -129,3 +129,11 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    def with_options(self, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> "Config":
+        """A copy with every given option (``None`` = not given) set, re-validated: ValueError
+        names a bad value or an unknown option."""
+        d = self.to_dict()
+        for section, options in (("model", model or {}), ("train", train or {})):
+            d[section].update({k: v for k, v in options.items() if v is not None})
+        return Config.from_dict(d)

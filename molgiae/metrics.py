@@ -89,7 +89,7 @@ def score_molecules(
     M = len(ids)
     rmsd, rmsd_al, acc = np.full(M, np.nan), np.full(M, np.nan), np.full(M, np.nan)
     for chunk in sized_batches(data.n_atoms, ids, batch_size):
-        mols = model.dense(batch_from_set(data, chunk).to(device))
+        mols = batch_from_set(data, chunk).to(device)
         out = model(mols, permutation="hard")
         r, ok = (x.cpu().numpy() for x in molecule_scores(out, mols))
         pred = out.coords.float().cpu().numpy()
@@ -115,7 +115,7 @@ def invariance_error(
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     ids = np.asarray(ids)
-    base = model.embed(model.dense(batch_from_set(data, ids).to(device)))
+    base = model.embed(batch_from_set(data, ids).to(device))
     for _ in range(trials):
         elements, coords = [], []
         for i in ids:
@@ -124,7 +124,7 @@ def invariance_error(
             x = torch.from_numpy(data.coords[a:b].astype(np.float32))
             coords.append(((x @ R.T + t)[perm]).numpy())
             elements.append(data.elements[a:b][perm.numpy()])
-        z = model.embed(model.dense(make_batch(elements, coords).to(device)))
+        z = model.embed(make_batch(elements, coords).to(device))
         worst = max(worst, float((z - base).abs().max()))
     return worst
 

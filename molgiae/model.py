@@ -9,32 +9,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from molgiae import group
+from molgiae.batch import DenseMolecules  # noqa: F401 - the models' input type, re-exported
 from molgiae.config import ModelConfig
 from molgiae.painn_equivariant import DecoderOutput, PainnEncoder, build_decoder
 
 
 @dataclass
-class DenseMolecules:
-    """A padded batch. species [B, N] vocabulary index (0 on padding), pos [B, N, 3] in Å,
-    mask [B, N] real atoms."""
-
-    species: Tensor
-    pos: Tensor
-    mask: Tensor
-
-    @property
-    def n_atoms(self) -> Tensor:
-        return self.mask.sum(1)
-
-
-@dataclass
 class Encoding:
-    """z [B, D]; rotation [B, 3, 3] (det +1); translation [B, 3]; scores [B, N]."""
+    """z [B, D]; rotation [B, 3, 3] (det +1); translation [B, 3]; scores [B, N]; species [B, N]
+    the input atoms' vocabulary indices (0 on padding; the element targets of the loss)."""
 
     z: Tensor
     rotation: Tensor
     translation: Tensor
     scores: Tensor
+    species: Tensor
 
 
 @dataclass
@@ -55,7 +44,7 @@ class Reconstruction:
 
 
 class ElementVocabulary(nn.Module):
-    """Atomic numbers → vocabulary indices, and PyG ``Batch`` → padded :class:`DenseMolecules`.
+    """Atomic numbers → the model's element vocabulary indices.
 
     Shared by every model that reads atoms (autoencoder, property model); holds no weights.
     """
@@ -68,21 +57,17 @@ class ElementVocabulary(nn.Module):
             lookup[z] = i
         self.register_buffer("lookup", lookup, persistent=False)
 
-    def species(self, atomic_numbers: Tensor) -> Tensor:
-        """Atomic numbers → vocabulary indices; raises ValueError for elements outside it."""
+    def species(self, atomic_numbers: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Atomic numbers [...] → vocabulary indices [...] (0 where ``mask`` is False: padding);
+        raises ValueError for elements outside the vocabulary."""
         idx = self.lookup[atomic_numbers.clamp(0, 118)]
-        if (idx < 0).any() or (atomic_numbers > 118).any():
-            bad = sorted(set(atomic_numbers[(idx < 0) | (atomic_numbers > 118)].tolist()))
-            raise ValueError(f"elements {bad} are not in the model's vocabulary {list(self.elements)}")
-        return idx
-
-    def dense(self, batch) -> DenseMolecules:
-        """PyG ``Batch`` (``atomic_numbers`` [A], ``pos`` [A, 3], ``batch`` [A]) → padded tensors."""
-        from torch_geometric.utils import to_dense_batch
-
-        pos, mask = to_dense_batch(batch.pos, batch.batch)
-        species, _ = to_dense_batch(self.species(batch.atomic_numbers), batch.batch)
-        return DenseMolecules(species=species, pos=pos, mask=mask)
+        bad = (idx < 0) | (atomic_numbers > 118)
+        if mask is not None:
+            bad = bad & mask
+        if bad.any():
+            found = sorted(set(atomic_numbers[bad].tolist()))
+            raise ValueError(f"elements {found} are not in the model's vocabulary {list(self.elements)}")
+        return idx if mask is None else idx.masked_fill(~mask, 0)
 
 
 class GroupInvariantAutoencoder(nn.Module):
@@ -94,21 +79,21 @@ class GroupInvariantAutoencoder(nn.Module):
         self.decoder = build_decoder(config)
 
     # ------------------------------------------------------------------ inputs
-    def species(self, atomic_numbers: Tensor) -> Tensor:
-        return self.vocabulary.species(atomic_numbers)
-
-    def dense(self, batch) -> DenseMolecules:
-        return self.vocabulary.dense(batch)
+    def species(self, atomic_numbers: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Atomic numbers → vocabulary indices (0 on padding); see :class:`ElementVocabulary`."""
+        return self.vocabulary.species(atomic_numbers, mask)
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, mols: DenseMolecules) -> Encoding:
         t = group.masked_centroid(mols.pos, mols.mask)
         centred = (mols.pos - t.unsqueeze(1)) * mols.mask.unsqueeze(-1)
-        out = self.encoder(mols.species, centred, mols.mask)
+        species = self.species(mols.numbers, mols.mask)
+        out = self.encoder(species, centred, mols.mask)
         with torch.autocast(mols.pos.device.type, enabled=False):  # the group action in full precision
             frame = out.frame_vectors.to(mols.pos.dtype)
             R = group.gram_schmidt(frame[:, 0], frame[:, 1])
-        return Encoding(z=out.z, rotation=R, translation=t, scores=out.scores.to(mols.pos.dtype))
+        return Encoding(z=out.z, rotation=R, translation=t, scores=out.scores.to(mols.pos.dtype),
+                        species=species)
 
     def decode(self, z: Tensor, mask: Tensor) -> DecoderOutput:
         """z [B, D], mask [B, N] of the slots to fill (first n per row) → canonical conformer."""
@@ -160,7 +145,7 @@ def reconstruction_loss(
     count = m.sum().clamp_min(1)
     sq = ((out.coords - mols.pos) ** 2).sum(-1)
     coord = (sq * m).sum() / count
-    ce = F.cross_entropy(out.logits[m].float(), mols.species[m])
+    ce = F.cross_entropy(out.logits[m].float(), out.encoding.species[m])
     loss = coord + lambda_type * ce
     perm = torch.zeros((), device=coord.device)
     if out.soft_permutation is not None and lambda_perm > 0:
@@ -175,5 +160,5 @@ def molecule_scores(out: Reconstruction, mols: DenseMolecules) -> tuple[Tensor, 
     accuracy [B] (fraction of atoms whose most likely element is the input's)."""
     n = mols.mask.sum(1)
     sq = ((out.coords - mols.pos) ** 2).sum(-1) * mols.mask
-    correct = (out.logits.argmax(-1) == mols.species) & mols.mask
+    correct = (out.logits.argmax(-1) == out.encoding.species) & mols.mask
     return torch.sqrt(sq.sum(1) / n), correct.sum(1) / n

@@ -22,7 +22,6 @@ import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
 from molgiae.data.targets import get_target, target_values
-from molgiae.metrics import kabsch_rmsd
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
 
@@ -42,7 +41,7 @@ def model_encoder(model, batch_size: int = 64, device: str | torch.device = "cpu
         out = np.zeros((len(elements), model.config.embedding_dim), np.float32)
         for ids in size_sorted_batches([len(e) for e in elements], batch_size):
             batch = make_batch([elements[i] for i in ids], [coords[i] for i in ids]).to(device)
-            out[ids] = model.embed(model.dense(batch)).float().cpu().numpy()
+            out[ids] = model.embed(batch).float().cpu().numpy()
         return out
 
     return encode
@@ -134,10 +133,10 @@ def jacobian_spectral_norms(model, elements: Sequence[np.ndarray], coords: Seque
     gen = torch.Generator().manual_seed(seed)
     out = np.zeros(len(elements))
     for ids in size_sorted_batches([len(e) for e in elements], batch_size):
-        mols = model.dense(make_batch([elements[i] for i in ids], [coords[i] for i in ids]).to(device))
+        mols = make_batch([elements[i] for i in ids], [coords[i] for i in ids]).to(device)
 
         def fn(pos: torch.Tensor, mols=mols) -> torch.Tensor:
-            return model.encode(type(mols)(species=mols.species, pos=pos, mask=mols.mask)).z
+            return model.encode(mols.with_pos(pos)).z
 
         out[ids] = spectral_norms(fn, mols.pos, mols.mask, iterations, gen).double().cpu().numpy()
     return out

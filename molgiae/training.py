@@ -24,22 +24,23 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from molgiae._version import __version__
 from molgiae.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, load_checkpoint
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
+from molgiae.data.split import split_ids
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
-from molgiae.train.distributed import hardware_description, rank_share, select_device, setup_distributed
+from molgiae.train.distributed import (DistInfo, hardware_description, rank_share, setup_distributed,
+                                       training_device, wrap_ddp)
+from molgiae.train.engine import Engine, RunState
 from molgiae.train.progress import epoch_progress
 from molgiae.train.sampling import conformer_weights, sample_conformers
 from molgiae.train.schedule import lr_factor
@@ -69,7 +70,7 @@ def _set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
 
 
 class _Collate:
-    """DataLoader collate: (local conformer ids, loss weight, global batch size) → (PyG Batch, ...)."""
+    """DataLoader collate: (local conformer ids, loss weight, global batch size) → (DenseMolecules, ...)."""
 
     def __init__(self, data: ConformerSet):
         self.data = data
@@ -94,22 +95,7 @@ def code_smoothness(noisy_z: torch.Tensor, clean_z: torch.Tensor) -> torch.Tenso
     return ((noisy_z.float() - clean_z) ** 2).sum(-1).mean() / spread.clamp_min(1e-12)
 
 
-# ----------------------------------------------------------------------------- the loop
-@dataclass
-class RunState:
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps done
-    epoch_step: int = 0  # batches done in the current epoch
-    epoch_seed: int = 0  # seed of the current epoch's batch order
-    best_val_rmsd: float = float("inf")
-    seconds: float = 0.0  # training wall time so far (over resumes)
-    history: list = field(default_factory=list)
-    # running sums of the current epoch's train_loss (molecule-weighted), so that a mid-epoch
-    # --resume writes the same epoch train_loss as an uninterrupted run
-    epoch_loss_sum: float = 0.0
-    epoch_loss_n: int = 0
-
-
+# ----------------------------------------------------------------------------- artefacts
 def write_learning_curve(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -132,14 +118,13 @@ def write_metrics_csv(rows: list[dict], path: Path) -> None:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def validate(model, data: ConformerSet, ids: np.ndarray, config: Config, device) -> dict:
     """Validation loss (as trained: straight-through permutation) and, from the same forward
     pass (its values are those of the hard permutation), mean rmsd and element accuracy."""
     model.eval()
     losses, weights, rmsd, accuracy = [], [], [], []
     for chunk in sized_batches(data.n_atoms, ids, config.train.batch_size):
-        mols = model.dense(batch_from_set(data, chunk).to(device))
+        mols = batch_from_set(data, chunk).to(device)
         out = model(mols, permutation="straight_through", tau=config.train.tau)
         parts = reconstruction_loss(out, mols, config.train.lambda_type, config.train.lambda_perm)
         losses.append(float(parts["loss"]))
@@ -155,41 +140,39 @@ def validate(model, data: ConformerSet, ids: np.ndarray, config: Config, device)
     }
 
 
-def train(
-    config: Config,
-    data: ConformerSet,
-    splits: dict[str, np.ndarray],
-    out_dir: str | Path,
-    resume: bool = False,
-    quiet: bool = False,
-    metadata: dict | None = None,
-    log: Callable[[str], None] | None = None,
-) -> RunState:
-    """Train (or resume) the autoencoder on ``data[splits["train"]]``; validate on ``splits["val"]``.
 
-    Returns the final run state. All artefacts are written to ``out_dir``.
-    """
+# ----------------------------------------------------------------------------- the run
+def run_config(out: Path, resume: bool) -> Config:
+    """The config a run starts from: with ``resume``, OUT/config.json (else OUT/last.pt's config,
+    e.g. the bundled checkpoint copied there), else the defaults. ValueError for an unusable file."""
+    try:
+        if resume and (out / "config.json").exists():
+            return Config.from_dict(json.loads((out / "config.json").read_text()))
+        if resume and (out / "last.pt").exists():
+            return Config.from_dict(load_checkpoint(out / "last.pt")["config"])
+    except CheckpointError as exc:
+        raise ValueError(f"cannot resume: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # an unreadable or hand-edited config.json
+        raise ValueError(f"cannot resume: {out / 'config.json'} is unusable ({type(exc).__name__}: {exc})") from None
+    return Config()
+
+
+def training_splits(data: ConformerSet, config: Config) -> tuple[dict[str, np.ndarray], int]:
+    """(the molecule-level split of ``data``, training conformers left out for exceeding ``max_atoms``)."""
     tc = config.train
-    dist_info = setup_distributed(tc.device)
-    rank0 = dist_info.rank == 0
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    if not rank0:
-        quiet, log = True, (lambda msg: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if rank0:  # temporary files of a run killed mid-write (SIGKILL): last.pt.tmp-<pid>, ...
-        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png", "metrics.csv"):
-            remove_stale_temps(out / name)
-    device = select_device(tc.device)
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
-    torch.manual_seed(tc.seed)
-    np_rng = np.random.default_rng(tc.seed)
-    random.seed(tc.seed)
+    splits = split_ids(data.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)
+    too_big = data.n_atoms[splits["train"]] > config.model.max_atoms
+    splits["train"] = splits["train"][~too_big]
+    return splits, int(too_big.sum())
 
+
+def training_ids(config: Config, data: ConformerSet, splits: dict[str, np.ndarray],
+                 log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """(training conformer ids, validation conformer ids) after ``max_molecules`` and
+    ``max_val_molecules``; clear errors for an empty training split or too large molecules."""
+    tc = config.train
     train_ids = np.asarray(splits["train"])
-    sampling = tc.conformer_sampling != "all"
-    if sampling and tc.max_molecules:  # a subset of molecules, each with all its conformers
+    if tc.conformer_sampling != "all" and tc.max_molecules:  # a subset of molecules, each with all its conformers
         mol_keys = np.unique(data.keys[train_ids])
         if len(mol_keys) > tc.max_molecules:
             chosen = np.random.default_rng(tc.seed).choice(mol_keys, tc.max_molecules, replace=False)
@@ -208,219 +191,244 @@ def train(
     too_big = data.n_atoms[train_ids] > config.model.max_atoms
     if too_big.any():
         raise ValueError(f"{int(too_big.sum())} training molecules exceed max_atoms={config.model.max_atoms}")
+    return train_ids, val_ids
 
-    weights = conformer_weights(data) if tc.conformer_sampling == "boltzmann" else None
-    if weights is not None and getattr(data, "weights", None) is None and "boltzmann_weight" not in data.property_names:
-        log("note: the data has no Boltzmann weights; --conformer-sampling boltzmann samples uniformly")
-    n_train_molecules = len(np.unique(data.keys[train_ids]))
 
-    def epoch_batches(seed: int) -> list[np.ndarray]:
-        """The global batch order of an epoch (identical on every rank)."""
-        rng = np.random.default_rng(seed)
-        ids = sample_conformers(data.keys, weights, train_ids, tc.conformer_sampling, rng) if sampling else train_ids
-        return bucketed_batches(data.n_atoms, ids, tc.batch_size, rng)
+class AutoencoderTask:
+    """The autoencoder as an engine :class:`~molgiae.train.engine.Task`: denoising reconstruction
+    loss (plus the code-smoothness term), validation, ``best.pt``/``last.pt``, metrics and curve.
 
-    model = GroupInvariantAutoencoder(config.model).to(device)
-    net = model
-    if dist_info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil((n_train_molecules if sampling else len(train_ids)) / tc.batch_size)
-    total_steps = steps_per_epoch * tc.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.min_lr_ratio)
-    )
-    state = RunState(epoch_seed=int(np_rng.integers(2**31)))
-    # molecule keys of each split, each once (conformers of a molecule share a key)
-    split_keys = {k: list(dict.fromkeys(data.keys[v].tolist())) for k, v in splits.items()}
-    meta = dict(metadata or {})
-    meta.update(
-        molgiae_version=__version__, n_train=int(len(train_ids)), n_val=int(len(splits["val"])),
-        n_test=int(len(splits["test"])), hardware=hardware_description(device),
-        parameters=int(sum(p.numel() for p in model.parameters())),
-    )
-    if sampling:
-        meta.update(n_train_molecules=int(n_train_molecules), conformer_sampling=tc.conformer_sampling)
-    if dist_info.enabled:
-        meta["world_size"] = dist_info.world_size
+    Builds the model, optimiser and schedule; :meth:`start` restores ``--init-from`` weights or a
+    ``--resume`` checkpoint and writes ``config.json`` and ``split.json``.
+    """
 
-    last = out / "last.pt"
-    if tc.init_from and not (resume and last.exists()):
-        init = load_checkpoint(tc.init_from, map_location=device)
+    def __init__(self, config: Config, data: ConformerSet, splits: dict[str, np.ndarray], out: Path,
+                 device: torch.device, dist_info: DistInfo, metadata: dict | None, log: Callable[[str], None],
+                 quiet: bool):
+        tc = self.tc = config.train
+        self.config, self.data, self.out, self.device, self.dist = config, data, out, device, dist_info
+        self.log, self.quiet, self.rank0 = log, quiet, dist_info.rank == 0
+        torch.manual_seed(tc.seed)
+        self.np_rng = np.random.default_rng(tc.seed)
+        random.seed(tc.seed)
+        self.train_ids, self.val_ids = training_ids(config, data, splits, log)
+        self.sampling = tc.conformer_sampling != "all"
+        self.weights = conformer_weights(data) if tc.conformer_sampling == "boltzmann" else None
+        if self.weights is not None and getattr(data, "weights", None) is None \
+                and "boltzmann_weight" not in data.property_names:
+            log("note: the data has no Boltzmann weights; --conformer-sampling boltzmann samples uniformly")
+        n_train_molecules = len(np.unique(data.keys[self.train_ids]))
+        self.model = GroupInvariantAutoencoder(config.model).to(device)
+        self.net = wrap_ddp(self.model, dist_info, device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        steps_per_epoch = math.ceil((n_train_molecules if self.sampling else len(self.train_ids)) / tc.batch_size)
+        total_steps = steps_per_epoch * tc.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps, tc.min_lr_ratio))
+        self.state = RunState(epoch_seed=int(self.np_rng.integers(2**31)))
+        # molecule keys of each split, each once (conformers of a molecule share a key)
+        self.split_keys = {k: list(dict.fromkeys(data.keys[v].tolist())) for k, v in splits.items()}
+        self.meta = self._metadata(metadata, splits, n_train_molecules)
+        self.use_amp = tc.amp and device.type == "cuda"
+        self.last_plot = 0.0
+
+    def _metadata(self, metadata: dict | None, splits: dict, n_train_molecules: int) -> dict:
+        meta = dict(metadata or {})
+        meta.update(
+            molgiae_version=__version__, n_train=int(len(self.train_ids)), n_val=int(len(splits["val"])),
+            n_test=int(len(splits["test"])), hardware=hardware_description(self.device),
+            parameters=int(sum(p.numel() for p in self.model.parameters())),
+        )
+        if self.sampling:
+            meta.update(n_train_molecules=int(n_train_molecules), conformer_sampling=self.tc.conformer_sampling)
+        if self.dist.enabled:
+            meta["world_size"] = self.dist.world_size
+        return meta
+
+    # -- start: warm start, resume, run files
+    def start(self, resume: bool) -> RunState:
+        """Restore ``--init-from`` weights or the ``--resume`` checkpoint; write config.json and split.json."""
+        last = self.out / "last.pt"
+        if self.tc.init_from and not (resume and last.exists()):
+            self._init_from(self.tc.init_from)
+        if resume and last.exists():
+            self._resume(last)
+        elif resume:
+            self.log(f"--resume: no {last} yet, starting fresh")
+        if self.rank0:
+            atomic_write_text(self.out / "config.json", self.config.to_json())
+            atomic_write_text(self.out / "split.json", json.dumps({"seed": self.tc.split_seed, **self.split_keys}))
+        return self.state
+
+    def _init_from(self, path: str) -> None:
+        init = load_checkpoint(path, map_location=self.device)
         try:
-            model.load_state_dict(init["model"])
+            self.model.load_state_dict(init["model"])
         except RuntimeError as exc:
-            raise ValueError(f"--init-from {tc.init_from}: its weights do not fit this model config: {exc}") from exc
-        meta["init_from"] = {"file": Path(tc.init_from).name, **{k: init.get("metadata", {}).get(k)
-                             for k in ("epochs_done", "steps", "wall_seconds")}}
-        log(f"weights initialised from {tc.init_from}")
-    if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location=device)
+            raise ValueError(f"--init-from {path}: its weights do not fit this model config: {exc}") from exc
+        done = init.get("metadata", {})
+        self.meta["init_from"] = {"file": Path(path).name,
+                                  **{k: done.get(k) for k in ("epochs_done", "steps", "wall_seconds")}}
+        self.log(f"weights initialised from {path}")
+
+    def _resume(self, last: Path) -> None:
+        ckpt = load_checkpoint(last, map_location=self.device)
         lacking = [k for k in ("optimizer", "scheduler", "run_state", "rng") if k not in ckpt]
         if lacking:
             raise CheckpointError(f"{last} cannot be resumed: it has no {', '.join(lacking)} (a best.pt or an "
                                   f"exported model holds weights only); start a new run, or copy a last.pt there")
-        if Config.from_dict(ckpt["config"]).model != config.model:
+        if Config.from_dict(ckpt["config"]).model != self.config.model:
             raise ValueError(f"{last} was trained with a different model config; cannot resume")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        s = ckpt["run_state"]
-        state = RunState(**{k: s[k] for k in RunState.__dataclass_fields__ if k in s})  # older files: no loss sums
-        _set_rng_state(ckpt["rng"], np_rng)
-        log(f"resumed from {last}: epoch {state.epoch}, step {state.step}")
-    elif resume:
-        log(f"--resume: no {last} yet, starting fresh")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = RunState.from_dict(ckpt["run_state"])
+        _set_rng_state(ckpt["rng"], self.np_rng)
+        self.log(f"resumed from {last}: epoch {self.state.epoch}, step {self.state.step}")
 
-    if rank0:
-        atomic_write_text(out / "config.json", config.to_json())
-        atomic_write_text(out / "split.json", json.dumps({"seed": tc.split_seed, **split_keys}))
-
-    def save(path: Path, with_optimizer: bool = True) -> None:
-        if not rank0:  # rank 0 writes every checkpoint
+    def save(self, path: Path, state: RunState, with_optimizer: bool = True) -> None:
+        """A checkpoint with config, weights, run state and RNG (and optimiser/schedule); rank 0 only."""
+        if not self.rank0:
             return
         ckpt = {
             "format": CHECKPOINT_FORMAT,
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "run_state": state.__dict__.copy(),
-            "metadata": {**meta, "epochs_done": state.epoch, "steps": state.step, "wall_seconds": state.seconds},
-            "test_keys": torch.tensor(split_keys["test"], dtype=torch.long),
-            "rng": _rng_state(np_rng),
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "run_state": state.to_dict(),
+            "metadata": {**self.meta, "epochs_done": state.epoch, "steps": state.step, "wall_seconds": state.seconds},
+            "test_keys": torch.tensor(self.split_keys["test"], dtype=torch.long),
+            "rng": _rng_state(self.np_rng),
         }
         if with_optimizer:
-            ckpt["optimizer"] = optimizer.state_dict()
-            ckpt["scheduler"] = scheduler.state_dict()
+            ckpt["optimizer"] = self.optimizer.state_dict()
+            ckpt["scheduler"] = self.scheduler.state_dict()
         atomic_torch_save(ckpt, path)
 
-    use_amp = tc.amp and device.type == "cuda"
-    t_start = time.time() - state.seconds
-    deadline = t_start + tc.time_limit_minutes * 60 if tc.time_limit_minutes else float("inf")
-    progress = None if quiet else epoch_progress()
-    stopped = False
-    world, rank = dist_info.world_size, dist_info.rank
-
-    def step_inputs(chunks: list[np.ndarray]):
-        """(PyG Batch of this rank's molecules, loss weight, global batch size) per step."""
+    # -- the Task interface
+    def epoch_inputs(self, state: RunState):
+        """(steps in the epoch, (padded batch of this rank's molecules, loss weight, global batch size) per
+        remaining step). The batch order is the same on every rank and a function of ``epoch_seed``."""
+        rng = np.random.default_rng(state.epoch_seed)
+        ids = self.train_ids
+        if self.sampling:
+            ids = sample_conformers(self.data.keys, self.weights, ids, self.tc.conformer_sampling, rng)
+        batches = bucketed_batches(self.data.n_atoms, ids, self.tc.batch_size, rng)
         items = []
-        for chunk in chunks:
-            if not dist_info.enabled:
+        for chunk in batches[state.epoch_step:]:
+            if self.dist.enabled:
+                local, weight = rank_share(chunk, self.dist.rank, self.dist.world_size, self.data.n_atoms)
+                items.append((local, weight, len(chunk)))
+            else:
                 items.append((chunk, 1.0, len(chunk)))
-                continue
-            local, weight = rank_share(chunk, rank, world, data.n_atoms)
-            items.append((local, weight, len(chunk)))
-        collate = _Collate(data)
-        if tc.num_workers == 0:
-            return map(collate, items)
-        return torch.utils.data.DataLoader(
-            items, batch_size=None, shuffle=False, collate_fn=collate, num_workers=tc.num_workers,
-            pin_memory=device.type == "cuda", prefetch_factor=4,
+        collate = _Collate(self.data)
+        if self.tc.num_workers == 0:
+            return len(batches), map(collate, items)
+        return len(batches), torch.utils.data.DataLoader(
+            items, batch_size=None, shuffle=False, collate_fn=collate, num_workers=self.tc.num_workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4,
         )
 
-    model.train()
+    def loss(self, item) -> tuple[torch.Tensor, float, int]:
+        """Reconstruction loss of the clean conformer from (optionally) noisy coordinates, plus
+        ``lambda_smooth`` times :func:`code_smoothness`."""
+        batch, weight, n_molecules = item
+        tc = self.tc
+        target = mols = batch.to(self.device, non_blocking=True)
+        if tc.coord_noise > 0:
+            mols = mols.with_pos(mols.pos + tc.coord_noise * self._noise(mols.pos) * mols.mask.unsqueeze(-1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            out = self.net(mols, permutation="straight_through", tau=tc.tau)
+        loss = reconstruction_loss(out, target, tc.lambda_type, tc.lambda_perm)["loss"]
+        if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                clean_z = self.model.encode(target).z
+            loss = loss + tc.lambda_smooth * code_smoothness(out.encoding.z, clean_z)
+        return loss, weight, n_molecules
+
+    def _noise(self, pos: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise like ``pos``; under torchrun a different, resume-proof stream per rank."""
+        if not self.dist.enabled:
+            return torch.randn_like(pos)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed((self.tc.seed * 1_000_003 + self.state.step) * self.dist.world_size + self.dist.rank)
+        return torch.randn(pos.shape, generator=gen, device=self.device, dtype=pos.dtype)
+
+    def checkpoint(self, state: RunState) -> None:
+        self.save(self.out / "last.pt", state)
+
+    def time_limit_reached(self, state: RunState) -> None:
+        if state.history and self.rank0:
+            write_learning_curve(state.history, self.out / "learning_curve.png")
+        self.log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}; "
+                 f"{self.out / 'last.pt'} saved (use --resume)")
+
+    def end_epoch(self, state: RunState, train_loss: float) -> bool:
+        """Validate (rank 0), append the metrics row, save best.pt / last.pt, metrics.csv and the curve."""
+        state.epoch_seed = int(self.np_rng.integers(2**31))
+        t0 = time.time()
+        nan = float("nan")
+        val = validate(self.model, self.data, self.val_ids, self.config, self.device) \
+            if len(self.val_ids) and self.rank0 else {"val_loss": nan, "val_rmsd": nan, "val_element_accuracy": nan}
+        state.seconds += time.time() - t0
+        row = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss, **val,
+               "seconds": round(state.seconds, 1)}
+        state.history.append(row)
+        if val["val_rmsd"] < state.best_val or not math.isfinite(state.best_val):
+            state.best_val = val["val_rmsd"]
+            self.meta.update(best_epoch=state.epoch, val_rmsd=val["val_rmsd"],
+                             val_element_accuracy=val["val_element_accuracy"])
+            self.save(self.out / "best.pt", state, with_optimizer=False)
+        self.save(self.out / "last.pt", state)
+        if self.rank0:
+            write_metrics_csv(state.history, self.out / "metrics.csv")
+            final = state.epoch == self.tc.epochs
+            if final or time.time() - self.last_plot > 60:  # matplotlib costs ~0.3 s; not every tiny epoch
+                write_learning_curve(state.history, self.out / "learning_curve.png")
+                self.last_plot = time.time()
+        if not self.quiet:
+            self.log(f"epoch {state.epoch}/{self.tc.epochs}  train_loss {train_loss:.4f}  "
+                     f"val_loss {val['val_loss']:.4f}  val_rmsd {val['val_rmsd']:.3f} Å  "
+                     f"val_elem_acc {val['val_element_accuracy']:.3f}  ({state.seconds:.0f} s)")
+        return False
+
+
+def train(
+    config: Config,
+    data: ConformerSet,
+    splits: dict[str, np.ndarray],
+    out_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    metadata: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunState:
+    """Train (or resume) the autoencoder on ``data[splits["train"]]``; validate on ``splits["val"]``.
+
+    Returns the final run state. All artefacts are written to ``out_dir``.
+    """
+    tc = config.train
+    dist_info = setup_distributed(tc.device)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if dist_info.rank != 0:
+        quiet, log = True, (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if dist_info.rank == 0:  # temporary files of a run killed mid-write (SIGKILL): last.pt.tmp-<pid>, ...
+        for name in ("last.pt", "best.pt", "config.json", "split.json", "learning_curve.png", "metrics.csv"):
+            remove_stale_temps(out / name)
+    device = training_device(tc.device, dist_info)
     try:
-        last_plot = 0.0
-        while state.epoch < tc.epochs and not stopped:
-            batches = epoch_batches(state.epoch_seed)
-            task = progress.add_task("train", total=len(batches), epoch=state.epoch + 1, loss=float("nan")) if progress else None
-            if progress:
-                progress.update(task, completed=state.epoch_step)
-            running, running_n = state.epoch_loss_sum, state.epoch_loss_n  # non-zero after a mid-epoch resume
-            for batch, weight, n_mols in step_inputs(batches[state.epoch_step:]):
-                mols = model.dense(batch.to(device, non_blocking=True))
-                target = mols
-                if tc.coord_noise > 0:
-                    if dist_info.enabled:  # a different, resume-proof noise stream on each rank
-                        gen = torch.Generator(device=device)
-                        gen.manual_seed((tc.seed * 1_000_003 + state.step) * world + rank)
-                        noise = torch.randn(mols.pos.shape, generator=gen, device=device, dtype=mols.pos.dtype)
-                    else:
-                        noise = torch.randn_like(mols.pos)
-                    noisy = mols.pos + tc.coord_noise * noise * mols.mask.unsqueeze(-1)
-                    mols = type(mols)(mols.species, noisy, mols.mask)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out_ = net(mols, permutation="straight_through", tau=tc.tau)
-                parts = reconstruction_loss(out_, target, tc.lambda_type, tc.lambda_perm)
-                if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it
-                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        clean_z = model.encode(target).z
-                    parts["loss"] = parts["loss"] + tc.lambda_smooth * code_smoothness(out_.encoding.z, clean_z)
-                optimizer.zero_grad(set_to_none=True)
-                if dist_info.enabled:
-                    # DDP averages gradients over ranks: world * weight makes the sum of the
-                    # atom-weighted rank losses, i.e. the per-atom mean over the global batch
-                    (parts["loss"] * (world * weight)).backward()
-                    step_loss = (parts["loss"].detach() * weight).reshape(1)
-                    torch.distributed.all_reduce(step_loss)
-                    step_loss = float(step_loss)
-                else:
-                    parts["loss"].backward()
-                    step_loss = float(parts["loss"].detach())
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                state.step += 1
-                state.epoch_step += 1
-                running += step_loss * n_mols
-                running_n += n_mols
-                state.epoch_loss_sum, state.epoch_loss_n = running, running_n
-                if progress:
-                    progress.update(task, advance=1, loss=running / running_n)
-                if state.step % tc.checkpoint_every == 0:
-                    state.seconds = time.time() - t_start
-                    save(last)
-                over = time.time() > deadline
-                if dist_info.enabled and math.isfinite(deadline):  # every rank stops at the same step
-                    flag = torch.tensor([float(over)], device=device)
-                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                    over = bool(flag.item() > 0)
-                if over:
-                    stopped = True
-                    break
-            if progress and task is not None:
-                progress.remove_task(task)
-            state.seconds = time.time() - t_start
-            if stopped:
-                save(last)
-                if state.history and rank0:
-                    write_learning_curve(state.history, out / "learning_curve.png")
-                log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}; {last} saved (use --resume)")
-                break
-            state.epoch += 1
-            state.epoch_step = 0
-            state.epoch_loss_sum, state.epoch_loss_n = 0.0, 0
-            state.epoch_seed = int(np_rng.integers(2**31))
-            val = validate(model, data, val_ids, config, device) if len(val_ids) and rank0 else {
-                "val_loss": float("nan"), "val_rmsd": float("nan"), "val_element_accuracy": float("nan")}
-            state.seconds = time.time() - t_start
-            row = {"epoch": state.epoch, "step": state.step, "train_loss": running / max(1, running_n), **val,
-                   "seconds": round(state.seconds, 1)}
-            state.history.append(row)
-            if val["val_rmsd"] < state.best_val_rmsd or not math.isfinite(state.best_val_rmsd):
-                state.best_val_rmsd = val["val_rmsd"]
-                meta["best_epoch"] = state.epoch
-                meta["val_rmsd"] = val["val_rmsd"]
-                meta["val_element_accuracy"] = val["val_element_accuracy"]
-                save(out / "best.pt", with_optimizer=False)
-            save(last)
-            if rank0:
-                write_metrics_csv(state.history, out / "metrics.csv")
-            final = state.epoch == tc.epochs
-            if rank0 and (final or time.time() - last_plot > 60):  # matplotlib costs ~0.3 s; not every tiny epoch
-                write_learning_curve(state.history, out / "learning_curve.png")
-                last_plot = time.time()
-            if not quiet:
-                log(
-                    f"epoch {state.epoch}/{tc.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val['val_loss']:.4f}  "
-                    f"val_rmsd {val['val_rmsd']:.3f} Å  val_elem_acc {val['val_element_accuracy']:.3f}  "
-                    f"({state.seconds:.0f} s)"
-                )
+        task = AutoencoderTask(config, data, splits, out, device, dist_info, metadata, log, quiet)
+        state = task.start(resume)
+        engine = Engine(task.optimizer, task.scheduler, list(task.model.parameters()), epochs=tc.epochs,
+                        grad_clip=tc.grad_clip, dist_info=dist_info, device=device,
+                        checkpoint_every=tc.checkpoint_every, time_limit_minutes=tc.time_limit_minutes,
+                        progress=None if quiet else epoch_progress())
+        task.model.train()
+        engine.fit(task, state)
         if dist_info.enabled:
             torch.distributed.barrier()  # rank 0 has written its last checkpoint
     finally:
-        if progress:
-            progress.stop()
         if dist_info.owns_group:
             torch.distributed.destroy_process_group()
     return state

@@ -40,18 +40,20 @@ def act(R, t, perm, x: torch.Tensor) -> torch.Tensor:
 
 
 def dense(model: GroupInvariantAutoencoder, mols: list[tuple[torch.Tensor, torch.Tensor]]) -> DenseMolecules:
-    """Pad a list of (Z, X) into a DenseMolecules batch."""
+    """Pad a list of (Z, X) into a DenseMolecules batch (keeping X's dtype and autograd graph;
+    ``model`` checks the elements are in its vocabulary)."""
     N = max(len(z) for z, _ in mols)
     B = len(mols)
     dtype = mols[0][1].dtype
-    species = torch.zeros(B, N, dtype=torch.long)
+    numbers = torch.zeros(B, N, dtype=torch.long)
     pos = torch.zeros(B, N, 3, dtype=dtype)
     mask = torch.zeros(B, N, dtype=torch.bool)
     for b, (z, x) in enumerate(mols):
-        species[b, : len(z)] = model.species(z)
+        model.species(z)
+        numbers[b, : len(z)] = z
         pos[b, : len(z)] = x
         mask[b, : len(z)] = True
-    return DenseMolecules(species, pos, mask)
+    return DenseMolecules(numbers, pos, mask)
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0, name: str = "test-model", **train) -> Path:

@@ -1,5 +1,9 @@
 """Size-bucketed batch orders, size groups, and the property they rely on: padding never
-changes a molecule's loss or gradient."""
+changes a molecule's loss or gradient; the one batch type (DenseMolecules) built without PyG."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +15,7 @@ from molgiae.painn_equivariant import PainnEncoder
 from tests.equivariance import dense, fixture_set, molecule
 
 DATA = fixture_set()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bucketed_batches_cover_each_id_once_seeded_and_sorted_within_chunks():
@@ -54,12 +59,12 @@ def test_size_groups_partition_the_batch_and_cut_padding():
     assert size_groups([], 4) == []
 
 
-def _encoder_output(encoder, batch):
+def _encoder_output(encoder, batch, vocabulary):
     """Per-molecule sum of the atom features [B, F] (a padding-blind readout)."""
     mols = batch
     m = mols.mask.to(mols.pos.dtype)
     centred = (mols.pos - (mols.pos * m.unsqueeze(-1)).sum(1, keepdim=True) / m.sum(1)[:, None, None]) * m.unsqueeze(-1)
-    s, v = encoder.atom_features(mols.species, centred, mols.mask)
+    s, v = encoder.atom_features(vocabulary.species(mols.numbers, mols.mask), centred, mols.mask)
     return (s * m.unsqueeze(-1)).sum(1) + (v * v).sum((1, 2)) * 0.1
 
 
@@ -73,12 +78,12 @@ def test_size_groups_give_the_outputs_of_one_padded_batch():
     n = [len(z) for z, _ in mols]
     assert max(n) - min(n) >= 10
     with torch.no_grad():
-        whole = _encoder_output(ae.encoder, dense(ae, mols))
+        whole = _encoder_output(ae.encoder, dense(ae, mols), ae)
         parts = torch.zeros_like(whole)
         groups = size_groups(n, max_groups=3, group_cost=0)
         assert len(groups) == 3
         for g in groups:
-            parts[torch.from_numpy(g)] = _encoder_output(ae.encoder, dense(ae, [mols[k] for k in g]))
+            parts[torch.from_numpy(g)] = _encoder_output(ae.encoder, dense(ae, [mols[k] for k in g]), ae)
     assert torch.allclose(parts, whole, atol=1e-5, rtol=1e-5)
 
 
@@ -114,7 +119,7 @@ def test_padding_never_changes_a_molecules_loss_or_gradient(decoder):
         out = model(mols, permutation="straight_through", tau=0.3)
         k = len(small[0])
         sq = ((out.coords[0, :k] - mols.pos[0, :k]) ** 2).sum()
-        ce = torch.nn.functional.cross_entropy(out.logits[0, :k], mols.species[0, :k], reduction="sum")
+        ce = torch.nn.functional.cross_entropy(out.logits[0, :k], out.encoding.species[0, :k], reduction="sum")
         results.append((sq.detach(), ce.detach(), _grads(model, sq + ce)))
         assert mols.pos.shape[1] == (k if len(batch) == 1 else len(large[0]))
     (sq1, ce1, g1), (sq2, ce2, g2) = results
@@ -140,7 +145,7 @@ def test_padding_never_changes_the_encoders_output_or_gradient_float32():
     ae = GroupInvariantAutoencoder(ModelConfig(features=32, encoder_layers=3))  # only for the species map
     results = []
     for batch in ([small], [small, large]):
-        out = _encoder_output(enc, dense(ae, batch))[0]
+        out = _encoder_output(enc, dense(ae, batch), ae)[0]
         loss = (out ** 2).sum()
         results.append((out.detach(), _grads(enc, loss)))
     (o1, g1), (o2, g2) = results
@@ -148,3 +153,51 @@ def test_padding_never_changes_the_encoders_output_or_gradient_float32():
     scale = max(g.abs().max() for g in g1)
     for a, b in zip(g1, g2):
         assert torch.allclose(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_pad_molecules_gives_the_one_batch_type_with_targets():
+    from molgiae.batch import DenseMolecules, pad_molecules
+
+    water = (np.array([8, 1, 1]), np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
+    methane = (np.array([6, 1, 1, 1, 1]), np.arange(15, dtype=np.float64).reshape(5, 3))
+    mols = pad_molecules([water[0], methane[0]], [water[1], methane[1]], y=np.array([1.5, -2.0]))
+    assert isinstance(mols, DenseMolecules) and len(mols) == 2
+    assert mols.numbers.tolist() == [[8, 1, 1, 0, 0], [6, 1, 1, 1, 1]]
+    assert mols.mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert mols.pos.dtype == torch.float32 and mols.pos[0, 3:].abs().sum() == 0
+    np.testing.assert_allclose(mols.pos[1].numpy(), methane[1], rtol=0, atol=1e-6)
+    assert mols.y.dtype == torch.float64 and mols.y.tolist() == [1.5, -2.0]
+    assert mols.n_atoms.tolist() == [3, 5]
+    moved = mols.with_pos(mols.pos + 1)
+    assert moved.numbers is mols.numbers and float((moved.pos - mols.pos).min()) == 1.0
+    assert pad_molecules([], []).numbers.shape == (0, 0)
+
+
+def test_padding_species_are_zero_and_foreign_elements_are_refused():
+    ae = GroupInvariantAutoencoder(ModelConfig(features=16, encoder_layers=1, decoder_layers=1))
+    numbers = torch.tensor([[8, 1, 0], [17, 1, 1]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    with pytest.raises(ValueError, match=r"\[17\]"):
+        ae.species(numbers, mask)
+    numbers[1, 0] = 6
+    assert ae.species(numbers, mask).tolist() == [[3, 0, 0], [1, 0, 0]]
+
+
+def test_training_and_embedding_need_no_torch_geometric():
+    """The batch path is molgiae's own: a training step and an embedding run with PyG unimportable."""
+    code = (
+        "import sys; sys.modules['torch_geometric'] = None\n"
+        "import numpy as np\n"
+        "from molgiae.config import ModelConfig\n"
+        "from molgiae.data.batching import batch_from_set\n"
+        "from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss\n"
+        "from tests.equivariance import fixture_set\n"
+        "data = fixture_set(); model = GroupInvariantAutoencoder(ModelConfig(features=16, encoder_layers=1,"
+        " decoder_layers=1))\n"
+        "mols = batch_from_set(data, np.arange(4))\n"
+        "reconstruction_loss(model(mols, permutation='straight_through'), mols)['loss'].backward()\n"
+        "print(model.embed(mols).shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "torch.Size([4, 128])" in done.stdout

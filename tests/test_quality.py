@@ -38,8 +38,8 @@ def test_model_jacobian_norm_matches_exact_jacobian(tiny_model, qm9_fixture_npz)
     elements, coords = quality.set_molecules(data, [5, 40, 90])  # different sizes: padded batch
     got = quality.jacobian_spectral_norms(tiny_model.model, elements, coords, iterations=100)
     for e, x, g in zip(elements, coords, got):
-        mols = tiny_model.model.dense(make_batch([e], [x]))
-        f = lambda p: tiny_model.model.encode(type(mols)(mols.species, p.reshape(1, -1, 3), mols.mask)).z[0]  # noqa: E731
+        mols = make_batch([e], [x])
+        f = lambda p: tiny_model.model.encode(mols.with_pos(p.reshape(1, -1, 3))).z[0]  # noqa: E731
         J = torch.autograd.functional.jacobian(f, mols.pos.reshape(-1))
         assert g == pytest.approx(torch.linalg.svdvals(J)[0].item(), rel=1e-3)
 

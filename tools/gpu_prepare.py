@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from molgiae.data.conformers import QM9_FORMAT, load_qm9_npz  # noqa: E402
+from molgiae.data.conformers import load_qm9_npz  # noqa: E402
+from molgiae.data.qm9_npz import QM9_FORMAT  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.outputs import atomic_output  # noqa: E402
 from molgiae.checkpoint import load_checkpoint  # noqa: E402

@@ -90,7 +90,7 @@ def sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- one step, as train() takes it
 def loss_and_backward(model, batch, device, tc, amp: bool):
     """Forward (under bf16 autocast if ``amp``), loss, backward; returns the loss tensor."""
-    mols = model.dense(batch.to(device, non_blocking=True))
+    mols = batch.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         out = model(mols, permutation="straight_through", tau=tc.tau)
     loss = reconstruction_loss(out, mols, tc.lambda_type, tc.lambda_perm)["loss"]

@@ -1,37 +1,32 @@
-"""Batches: conformers → PyG ``Batch`` (the one currency into the model), and size-bucketed
-batch orders (padding waste is quadratic in the largest molecule of a batch)."""
+"""Batches: conformers → :class:`~molgiae.batch.DenseMolecules` (the one currency into the
+models), and size-bucketed batch orders (padding waste is quadratic in the largest molecule of a
+batch)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-import torch
 
+from molgiae.batch import DenseMolecules, pad_molecules
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.record import ConformerRecord
 
 
-def make_batch(elements: Sequence[np.ndarray], coords: Sequence[np.ndarray]):
-    """Per-molecule arrays → ``torch_geometric.data.Batch`` with ``atomic_numbers`` [A] (long),
-    ``pos`` [A, 3] (float32), ``batch`` [A] and ``ptr`` [B+1]."""
-    from torch_geometric.data import Batch
-
-    n = torch.tensor([len(e) for e in elements], dtype=torch.long)
-    return Batch(
-        atomic_numbers=torch.from_numpy(np.concatenate(elements).astype(np.int64)),
-        pos=torch.from_numpy(np.concatenate(coords).astype(np.float32)),
-        batch=torch.repeat_interleave(torch.arange(len(n)), n),
-        ptr=torch.cat([torch.zeros(1, dtype=torch.long), n.cumsum(0)]),
-    )
+def make_batch(elements: Sequence[np.ndarray], coords: Sequence[np.ndarray]) -> DenseMolecules:
+    """Per-molecule arrays → the padded :class:`~molgiae.batch.DenseMolecules` every model takes."""
+    return pad_molecules(elements, coords)
 
 
-def batch_from_set(data: ConformerSet, ids: Sequence[int]):
+def batch_from_set(data: ConformerSet, ids: Sequence[int], targets: np.ndarray | None = None) -> DenseMolecules:
+    """Conformers ``ids`` of ``data`` as one padded batch; ``targets`` [M] or [M, P] (one row per
+    conformer of ``data``) puts ``targets[ids]`` in the batch's ``y``."""
     p = data.ptr
-    return make_batch([data.elements[p[i]:p[i + 1]] for i in ids], [data.coords[p[i]:p[i + 1]] for i in ids])
+    return pad_molecules([data.elements[p[i]:p[i + 1]] for i in ids], [data.coords[p[i]:p[i + 1]] for i in ids],
+                         None if targets is None else np.asarray(targets)[np.asarray(ids, dtype=np.int64)])
 
 
-def batch_from_records(records: Sequence[ConformerRecord]):
-    return make_batch([r.elements for r in records], [r.coords for r in records])
+def batch_from_records(records: Sequence[ConformerRecord]) -> DenseMolecules:
+    return pad_molecules([r.elements for r in records], [r.coords for r in records])
 
 
 #: Molecules sorted together by :func:`bucketed_batches`: this many batches' worth. On all of QM9

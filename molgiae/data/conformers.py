@@ -8,9 +8,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from molgiae.data.qm9_npz import Qm9NpzError, read_qm9_npz
 from molgiae.data.record import ConformerRecord
 
-QM9_FORMAT = "molgiae-qm9-npz"
 
 
 @dataclass
@@ -80,40 +80,28 @@ class ConformerSet:
         )
 
 
-def is_qm9_npz(path: str | Path) -> bool:
-    if not str(path).endswith(".npz"):
-        return False
-    try:
-        with np.load(path) as d:
-            return "format_version" in d.files and str(d["format_version"]).startswith(QM9_FORMAT)
-    except Exception:  # noqa: BLE001 - empty, corrupt or not an npz: the readers report why
-        return False
-
-
 def load_qm9_npz(paths: Sequence[str | Path]) -> ConformerSet:
-    """Concatenate QM9 npz files (``molgiae-qm9-npz-1`` schema) into one set; keys = QM9 index.
+    """Concatenate QM9 npz files (:mod:`molgiae.data.qm9_npz`) into one set; keys = QM9 index.
 
-    ``props``/``prop_names`` and ``smiles`` are optional (a compact training file such as
-    ``tools/gpu_prepare.py`` writes has only index, n_atoms, ptr, Z and float32 R); properties
-    and SMILES are kept only when every file has them."""
+    Properties and SMILES are kept only when every file has them (a compact training file such
+    as ``tools/gpu_prepare.py`` writes has neither)."""
     parts = []
     for p in paths:
-        with np.load(p) as d:
-            if "format_version" not in d.files or not str(d["format_version"]).startswith(QM9_FORMAT):
-                raise ValueError(f"{p}: not a molgiae QM9 npz (no format_version {QM9_FORMAT}-*)")
-            parts.append({k: d[k] for k in ("index", "n_atoms", "Z", "R", "props", "prop_names", "smiles")
-                          if k in d.files})
-    n = np.concatenate([p["n_atoms"] for p in parts]).astype(np.int64)
-    index = np.concatenate([p["index"] for p in parts]).astype(np.int64)
-    with_props = all("props" in p and "prop_names" in p for p in parts)
-    with_smiles = all("smiles" in p for p in parts)
+        try:
+            parts.append(read_qm9_npz(p))
+        except Qm9NpzError as exc:
+            raise ValueError(f"{p}: {exc}") from None
+    n = np.concatenate([np.diff(p.ptr) for p in parts])
+    index = np.concatenate([p.index for p in parts])
+    with_props = all(p.props is not None for p in parts)
+    with_smiles = all(p.smiles is not None for p in parts)
     return ConformerSet(
-        elements=np.concatenate([p["Z"] for p in parts]),
-        coords=np.concatenate([p["R"] for p in parts]).astype(np.float32),
+        elements=np.concatenate([p.Z for p in parts]),
+        coords=np.concatenate([p.R for p in parts]).astype(np.float32),
         ptr=np.r_[0, np.cumsum(n)].astype(np.int64),
         keys=index,
         names=np.array([f"gdb_{i}" for i in index], dtype=object),
-        properties=np.concatenate([p["props"] for p in parts]) if with_props else np.zeros((len(index), 0)),
-        property_names=tuple(str(x) for x in parts[0]["prop_names"]) if with_props else (),
-        smiles=np.concatenate([p["smiles"] for p in parts]).astype(object) if with_smiles else None,
+        properties=np.concatenate([p.props for p in parts]) if with_props else np.zeros((len(index), 0)),
+        property_names=parts[0].prop_names if with_props else (),
+        smiles=np.concatenate([p.smiles for p in parts]).astype(object) if with_smiles else None,
     )

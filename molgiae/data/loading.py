@@ -6,7 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from molgiae.data.conformers import ConformerSet, is_qm9_npz, load_qm9_npz
+from molgiae.data.conformers import ConformerSet, load_qm9_npz
+from molgiae.data.qm9_npz import is_qm9_npz
 from molgiae.data.readers import iter_records, records_only
 from molgiae.data.record import RecordError
 from molgiae.data.split import name_key

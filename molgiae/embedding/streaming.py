@@ -11,12 +11,10 @@ are always yielded in input order. Between windows the free C heap is returned t
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from molgiae.data.batching import size_sorted_batches
-from molgiae.data.read_ahead import position
 from molgiae.data.record import ConformerRecord, RecordError
 from molgiae.runtime import raise_if_interrupted, release_free_memory
 

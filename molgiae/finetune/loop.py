@@ -38,7 +38,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from molgiae._version import __version__
 from molgiae.api import file_sha256
@@ -50,7 +49,8 @@ from molgiae.data.split import split_ids
 from molgiae.data.targets import get_target, target_values
 from molgiae.finetune.model import PropertyModel, property_checkpoint
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
-from molgiae.train.distributed import select_device, setup_distributed, shard_batch
+from molgiae.train.distributed import DistInfo, setup_distributed, shard_batch, training_device, wrap_ddp
+from molgiae.train.engine import Engine, RunState
 from molgiae.train.progress import epoch_progress
 from molgiae.train.schedule import lr_factor
 
@@ -175,7 +175,7 @@ def predict_ids(model: PropertyModel, data: ConformerSet, ids: np.ndarray, batch
     model.eval()
     position = {int(i): k for k, i in enumerate(ids)}
     for chunk in sized_batches(data.n_atoms, ids, batch_size):
-        mols = model.dense(batch_from_set(data, chunk).to(device))
+        mols = batch_from_set(data, chunk).to(device)
         pred = model.predict(mols).cpu().numpy()
         out[[position[int(i)] for i in chunk]] = pred
     model.train(was_training)
@@ -222,31 +222,119 @@ def _resolve_architecture(pretrained: Path | None, scratch: bool, model_config: 
     return Config(model=model_config or ModelConfig(), train=train_config or TrainConfig()), None, None
 
 
+class PropertyTask:
+    """Fine-tuning as an engine :class:`~molgiae.train.engine.Task`: the loss on the standardised
+    target, the validation MAE each epoch, the best epoch's weights and early stopping."""
+
+    def __init__(self, model: PropertyModel, net: torch.nn.Module, data: ConformerSet, labels: np.ndarray,
+                 splits: dict[str, np.ndarray], cfg: FinetuneConfig, device: torch.device, dist_info: DistInfo,
+                 on_epoch: Callable[[list[dict]], None], log: Callable[[str], None], quiet: bool):
+        self.model, self.net, self.data, self.labels, self.cfg = model, net, data, labels, cfg
+        self.train_ids, self.val_ids = splits["train"], splits["val"]
+        self.device, self.dist, self.on_epoch, self.log, self.quiet = device, dist_info, on_epoch, log, quiet
+        self.loss_fn = F.l1_loss if cfg.loss == "l1" else F.mse_loss
+        self.rng = np.random.default_rng([cfg.seed, 3])
+        self.targets = np.nan_to_num(labels)  # training molecules are labelled; NaN elsewhere
+        self.eval_batch = max(64, cfg.batch_size)
+        self.history: list[dict] = []
+        self.best = {"val_mae": math.inf, "epoch": 0, "state": None}
+        self.stopped_early = False
+
+    def epoch_inputs(self, state: RunState):
+        """(steps, their molecule ids): size-bucketed batches of the training split in a fresh order."""
+        batches = bucketed_batches(self.data.n_atoms, self.train_ids, self.cfg.batch_size, self.rng)
+        return len(batches), batches
+
+    def loss(self, chunk: np.ndarray) -> tuple[torch.Tensor, float, int]:
+        """L1 (or MSE) on the standardised target. Under torchrun each rank takes molecules rank,
+        rank+K, ... of the global batch; the loss is a per-molecule mean, so a rank's weight is its
+        share of molecules (a rank left without one runs a molecule with weight 0 to join the all-reduce)."""
+        local = shard_batch(chunk, self.dist.rank, self.dist.world_size) if self.dist.enabled else chunk
+        weight = len(local) / len(chunk)
+        local = local if len(local) else chunk[:1]
+        mols = batch_from_set(self.data, local, targets=self.targets).to(self.device)
+        t = self.model.standardise(mols.y, mols.n_atoms)
+        return self.loss_fn(self.net(mols), t), weight, len(chunk)
+
+    def checkpoint(self, state: RunState) -> None:
+        """Fine-tuning keeps its best weights in memory and writes them at the end."""
+
+    def time_limit_reached(self, state: RunState) -> None:
+        """Fine-tuning has no time limit."""
+
+    def end_epoch(self, state: RunState, train_loss: float) -> bool:
+        """Validation MAE, the metrics row, the best weights so far; True to stop early."""
+        cfg, spec = self.cfg, get_target(self.cfg.target)
+        if len(self.val_ids):
+            val_pred = predict_ids(self.model, self.data, self.val_ids, self.eval_batch, self.device)
+            val_mae = float(np.mean(np.abs(val_pred - self.labels[self.val_ids])))
+        else:
+            val_mae = float("nan")
+        row = {"epoch": state.epoch, "train_loss": train_loss, "val_mae": val_mae, "seconds": round(state.seconds, 2)}
+        self.history.append(row)
+        self.on_epoch(self.history)
+        improved = not math.isfinite(self.best["val_mae"]) or val_mae < self.best["val_mae"]
+        if improved or not len(self.val_ids):
+            self.best = {"val_mae": val_mae, "epoch": state.epoch,
+                         "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        if not self.quiet:
+            self.log(f"epoch {state.epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  "
+                     f"val_mae {val_mae * spec.report_scale:.2f} {spec.report_unit}"
+                     f"{'  *' if improved else ''}  ({row['seconds']:.0f} s)")
+        if cfg.patience and len(self.val_ids) and state.epoch - self.best["epoch"] >= cfg.patience:
+            self.stopped_early = state.epoch < cfg.epochs
+            if not self.quiet and self.stopped_early:
+                self.log(f"early stop: no validation improvement for {cfg.patience} epochs "
+                         f"(best epoch {self.best['epoch']})")
+            return True
+        return False
+
+
+def _check_vocabulary(data: ConformerSet, splits: dict[str, np.ndarray], elements: list[int]) -> None:
+    used = np.concatenate([splits["train"], splits["val"], splits["test"]])
+    present = set(np.unique(np.concatenate([data.elements[data.ptr[i]:data.ptr[i + 1]] for i in used])).tolist())
+    if present - set(elements):
+        raise ValueError(f"the data has elements {sorted(present - set(elements))} outside the model's vocabulary "
+                         f"{sorted(elements)}")
+
+
+def _property_model(cfg: FinetuneConfig, ae_config: Config, ae_ckpt: dict | None, train_labels: np.ndarray,
+                    train_n_atoms: np.ndarray, device: torch.device) -> PropertyModel:
+    """The model to fine-tune: the checkpoint's encoder (or a fresh one of its architecture), a new
+    head standardised on the training labels; the encoder frozen if asked."""
+    if ae_ckpt is not None:
+        model = PropertyModel.from_autoencoder(ae_ckpt, cfg.target, cfg.seed)
+    else:
+        model = PropertyModel.from_scratch(ae_config.model, cfg.target, cfg.seed)
+    model.set_standardisation(train_labels, train_n_atoms)
+    model.to(device)
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    return model
+
+
+def _optimizer(model: PropertyModel, cfg: FinetuneConfig, steps_per_epoch: int):
+    """AdamW with the encoder at ``encoder_lr_ratio`` times the head's rate; warm-up and cosine decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    encoder_params = {id(p) for p in model.encoder.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in encoder_params], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in encoder_params], "lr": cfg.lr * cfg.encoder_lr_ratio}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(round(cfg.warmup_fraction * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.min_lr_ratio))
+    return optimizer, scheduler, params
+
+
 def finetune(
-    data: ConformerSet,
-    target: str,
-    out_dir: str | Path,
-    *,
-    pretrained: str | Path | None = None,
-    scratch: bool = False,
-    freeze_encoder: bool = False,
-    encoder_lr_ratio: float = 1.0,
-    fraction: float = 1.0,
-    epochs: int = 30,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 32,
-    lr: float = 5e-4,
-    patience: int = 10,
-    quiet: bool = False,
-    loss: str = "l1",
-    weight_decay: float = 0.01,
-    max_val: int = 0,
-    max_test: int = 0,
-    model_config: ModelConfig | None = None,
-    train_config: TrainConfig | None = None,
-    metadata: dict | None = None,
-    log: Callable[[str], None] | None = None,
+    data: ConformerSet, target: str, out_dir: str | Path, *,
+    pretrained: str | Path | None = None, scratch: bool = False, freeze_encoder: bool = False,
+    encoder_lr_ratio: float = 1.0, fraction: float = 1.0, epochs: int = 30, seed: int = 0, device: str = "auto",
+    batch_size: int = 32, lr: float = 5e-4, patience: int = 10, quiet: bool = False, loss: str = "l1",
+    weight_decay: float = 0.01, max_val: int = 0, max_test: int = 0,
+    model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+    metadata: dict | None = None, log: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune (or train from scratch) a :class:`PropertyModel` on ``target`` and write the artefacts.
 
@@ -262,137 +350,67 @@ def finetune(
                          freeze_encoder=freeze_encoder, encoder_lr_ratio=encoder_lr_ratio, max_val=max_val,
                          max_test=max_test, device=device)
     cfg.validate()
-    spec = get_target(target)
     labels = target_values(data, target)
     pretrained = Path(pretrained) if pretrained is not None else None
     ae_config, ae_ckpt, sha = _resolve_architecture(pretrained, scratch, model_config, train_config)
-    init = "scratch" if scratch else "pretrained"
-
     dist_info = setup_distributed(device)
-    world, rank0 = dist_info.world_size, dist_info.rank == 0
-    if not rank0:
+    if dist_info.rank != 0:
         quiet, log = True, (lambda msg: None)
-    dev = select_device(device)
-    if dist_info.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist_info.local_rank)
+    dev = training_device(device, dist_info)
     splits, split_info = finetune_splits(data, labels, ae_config.train, fraction, seed, max_val, max_test)
-    train_ids, val_ids, test_ids = splits["train"], splits["val"], splits["test"]
-    if len(train_ids) == 0:
+    if len(splits["train"]) == 0:
         raise ValueError("no labelled molecules in the training split")
-    vocab = set(ae_config.model.elements)
-    used = np.concatenate([train_ids, val_ids, test_ids])
-    present = set(np.unique(np.concatenate([data.elements[data.ptr[i]:data.ptr[i + 1]] for i in used])).tolist())
-    if present - vocab:
-        raise ValueError(f"the data has elements {sorted(present - vocab)} outside the model's vocabulary "
-                         f"{sorted(vocab)}")
-
+    _check_vocabulary(data, splits, ae_config.model.elements)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if ae_ckpt is not None and not scratch:
-        model = PropertyModel.from_autoencoder(ae_ckpt, target, seed)
-    else:
-        model = PropertyModel.from_scratch(ae_config.model, target, seed)
-    model.set_standardisation(labels[train_ids], data.n_atoms[train_ids])
-    model.to(dev)
-    if freeze_encoder:
-        model.encoder.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    net = model
-    if dist_info.enabled:  # gradients of the trainable parameters are averaged over ranks
-        # the autoencoder's code, frame and score heads are part of the encoder but unused here
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                      find_unused_parameters=True)
-    encoder_params = {id(p) for p in model.encoder.parameters()}
-    groups = [{"params": [p for p in params if id(p) not in encoder_params], "lr": lr},
-              {"params": [p for p in params if id(p) in encoder_params], "lr": lr * cfg.encoder_lr_ratio}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(train_ids) / batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup = max(1, int(round(cfg.warmup_fraction * total_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.min_lr_ratio))
-    loss_fn = F.l1_loss if loss == "l1" else F.mse_loss
-    rng = np.random.default_rng([seed, 3])
-    y_all = torch.from_numpy(np.nan_to_num(labels))
-    eval_batch = max(64, batch_size)
+    model = _property_model(cfg, ae_config, None if scratch else ae_ckpt, labels[splits["train"]],
+                            data.n_atoms[splits["train"]], dev)
+    # the autoencoder's code, frame and score heads are part of the encoder but unused here
+    net = wrap_ddp(model, dist_info, dev, find_unused_parameters=True)
+    optimizer, scheduler, params = _optimizer(model, cfg, math.ceil(len(splits["train"]) / batch_size))
 
+    def write_metrics(history: list[dict]) -> None:
+        if dist_info.rank == 0:
+            atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
+
+    task = PropertyTask(model, net, data, labels, splits, cfg, dev, dist_info, write_metrics, log, quiet)
     if not quiet:
-        log(f"fine-tuning {target} ({init}{', frozen encoder' if freeze_encoder else ''}): "
-            f"{len(train_ids)} train, {len(val_ids)} val, {len(test_ids)} test molecules; device {dev}")
-    history: list[dict] = []
-    best = {"val_mae": math.inf, "epoch": 0, "state": None}
+        log(f"fine-tuning {target} ({'scratch' if scratch else 'pretrained'}"
+            f"{', frozen encoder' if freeze_encoder else ''}): {len(splits['train'])} train, "
+            f"{len(splits['val'])} val, {len(splits['test'])} test molecules; device {dev}")
+    engine = Engine(optimizer, scheduler, params, epochs=epochs, grad_clip=cfg.grad_clip, dist_info=dist_info,
+                    device=dev, progress=None if quiet else epoch_progress(stderr=True))
     t0 = time.time()
-    task = None
-    progress = None if quiet else epoch_progress(stderr=True)
-    stopped_early = False
     model.train()
-    try:
-        for epoch in range(1, epochs + 1):
-            batches = bucketed_batches(data.n_atoms, train_ids, batch_size, rng)
-            if progress:
-                task = progress.add_task("train", total=len(batches), epoch=epoch, loss=float("nan"))
-            running, count = 0.0, 0
-            for chunk in batches:
-                # under torchrun each rank takes molecules rank, rank+K, ... of the global batch;
-                # the loss is a per-molecule mean, so a rank's weight is its share of molecules
-                # (a rank left without one runs a molecule with weight 0 to join the all-reduce)
-                local = shard_batch(chunk, dist_info.rank, world) if dist_info.enabled else chunk
-                weight = len(local) / len(chunk)
-                local = local if len(local) else chunk[:1]
-                mols = model.dense(batch_from_set(data, local).to(dev))
-                t = model.standardise(y_all[local].to(dev), mols.n_atoms)
-                value = loss_fn(net(mols), t)
-                optimizer.zero_grad(set_to_none=True)
-                (value * (world * weight)).backward()
-                if dist_info.enabled:
-                    value = (value.detach() * weight).reshape(1)
-                    torch.distributed.all_reduce(value)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                running += float(value.detach()) * len(chunk)
-                count += len(chunk)
-                if progress:
-                    progress.update(task, advance=1, loss=running / count)
-            if progress:
-                progress.remove_task(task)
-            if len(val_ids):
-                val_pred = predict_ids(model, data, val_ids, eval_batch, dev)
-                val_mae = float(np.mean(np.abs(val_pred - labels[val_ids])))
-            else:
-                val_mae = float("nan")
-            row = {"epoch": epoch, "train_loss": running / max(1, count), "val_mae": val_mae,
-                   "seconds": round(time.time() - t0, 2)}
-            history.append(row)
-            if rank0:
-                atomic_csv(out / "metrics.csv", METRIC_COLUMNS, history)
-            improved = not math.isfinite(best["val_mae"]) or val_mae < best["val_mae"]
-            if improved or not len(val_ids):
-                best = {"val_mae": val_mae, "epoch": epoch,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            if not quiet:
-                log(f"epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  "
-                    f"val_mae {val_mae * spec.report_scale:.2f} {spec.report_unit}"
-                    f"{'  *' if improved else ''}  ({row['seconds']:.0f} s)")
-            if patience and len(val_ids) and epoch - best["epoch"] >= patience:
-                stopped_early = epoch < epochs
-                if not quiet and stopped_early:
-                    log(f"early stop: no validation improvement for {patience} epochs (best epoch {best['epoch']})")
-                break
-    finally:
-        if progress:
-            progress.stop()
-    model.load_state_dict(best["state"])
+    engine.fit(task, RunState())
+    model.load_state_dict(task.best["state"])
     model.eval()
+    test_pred = predict_ids(model, data, splits["test"], task.eval_batch, dev)
+    result = _result(cfg, task, splits, split_info, labels, test_pred, time.time() - t0, scratch=scratch,
+                     pretrained=pretrained, sha=sha, ae_config=ae_config, model_config=model_config,
+                     data=data, device=dev, metadata=metadata, log=log)
+    if dist_info.enabled:
+        result["world_size"] = dist_info.world_size
+        if dist_info.owns_group:
+            torch.distributed.destroy_process_group()
+    if dist_info.rank == 0:  # every rank holds the same model; only rank 0 writes
+        _write_artefacts(out, model, task, result, ae_config, data, labels, splits, test_pred, dev, quiet, log)
+    return FinetuneResult(result=result, history=task.history, model=model.cpu().eval(), out_dir=out, splits=splits)
 
-    test_pred = predict_ids(model, data, test_ids, eval_batch, dev)
+
+def _result(cfg: FinetuneConfig, task: PropertyTask, splits: dict, split_info: dict, labels: np.ndarray,
+            test_pred: np.ndarray, wall: float, *, scratch: bool, pretrained: Path | None, sha: str | None,
+            ae_config: Config, model_config: ModelConfig | None, data: ConformerSet, device: torch.device,
+            metadata: dict | None, log: Callable[[str], None]) -> dict:
+    """The content of ``result.json``."""
+    spec = get_target(cfg.target)
+    test_ids = splits["test"]
     test_mae = float(np.mean(np.abs(test_pred - labels[test_ids]))) if len(test_ids) else float("nan")
-    wall = time.time() - t0
     if not len(test_ids):
         log("note: the test split is empty; test_mae is NaN")
-    result = {
-        "target": target,
+    model, best = task.model, task.best
+    return {
+        "target": cfg.target,
         "unit": spec.unit,
         "report_unit": spec.report_unit,
         "test_mae": test_mae * spec.report_scale,
@@ -400,19 +418,19 @@ def finetune(
         "val_mae": best["val_mae"] * spec.report_scale,
         "val_mae_target_unit": best["val_mae"],
         "best_epoch": best["epoch"],
-        "n_train": int(len(train_ids)),
-        "n_val": int(len(val_ids)),
+        "n_train": int(len(splits["train"])),
+        "n_val": int(len(splits["val"])),
         "n_test": int(len(test_ids)),
         "n_train_split": split_info["n_train_split"],
         "n_unlabelled_skipped": split_info["unlabelled"],
-        "fraction": fraction,
-        "init": init,
-        "frozen": bool(freeze_encoder),
+        "fraction": cfg.fraction,
+        "init": "scratch" if scratch else "pretrained",
+        "frozen": bool(cfg.freeze_encoder),
         "encoder_lr_ratio": float(cfg.encoder_lr_ratio),
-        "seed": seed,
-        "epochs": epochs,
-        "epochs_run": len(history),
-        "stopped_early": stopped_early,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "epochs_run": len(task.history),
+        "stopped_early": task.stopped_early,
         "wall_seconds": round(wall, 2),
         "pretrained_checkpoint": str(pretrained) if pretrained is not None and not scratch else None,
         "pretrained_sha256": sha if not scratch else None,
@@ -422,29 +440,31 @@ def finetune(
         "split": {"val_fraction": ae_config.train.val_fraction, "test_fraction": ae_config.train.test_fraction,
                   "split_seed": ae_config.train.split_seed},
         "pooling": model.pooling,
-        "training_domain": training_domain(data, train_ids),
+        "training_domain": training_domain(data, splits["train"]),
         "target_mean": float(model.target_mean),
         "target_std": float(model.target_std),
         "hyperparameters": dataclasses.asdict(cfg),
-        "device": str(dev),
+        "device": str(device),
         "metadata": dict(metadata or {}),
+        "molgiae_version": __version__,
     }
-    result["molgiae_version"] = __version__
-    if dist_info.enabled:
-        result["world_size"] = world
-        if dist_info.owns_group:
-            torch.distributed.destroy_process_group()
-    if not rank0:  # every rank holds the same model; only rank 0 writes
-        return FinetuneResult(result=result, history=history, model=model.cpu().eval(), out_dir=out, splits=splits)
+
+
+def _write_artefacts(out: Path, model: PropertyModel, task: PropertyTask, result: dict, ae_config: Config,
+                     data: ConformerSet, labels: np.ndarray, splits: dict, test_pred: np.ndarray,
+                     device: torch.device, quiet: bool, log: Callable[[str], None]) -> None:
+    """finetuned.pt, predictions.csv, result.json and learning_curve.png (each written atomically)."""
+    cfg, spec = task.cfg, get_target(task.cfg.target)
     model.cpu()
     ckpt = property_checkpoint(model, ae_config, metadata={k: v for k, v in result.items() if k != "hyperparameters"},
                                finetune_config=dataclasses.asdict(cfg))
     atomic_torch_save(ckpt, out / "finetuned.pt")
 
     def prediction_rows():
-        model.to(dev)
-        for name, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids)):
-            pred = test_pred if name == "test" else predict_ids(model, data, ids, eval_batch, dev)
+        model.to(device)
+        for name in ("train", "val", "test"):
+            ids = splits[name]
+            pred = test_pred if name == "test" else predict_ids(model, data, ids, task.eval_batch, device)
             for i, p in zip(ids, pred):
                 yield {"name": data.names[i], "key": int(data.keys[i]), "split": name,
                        "target": repr(float(labels[i])), "prediction": repr(float(p))}
@@ -452,9 +472,9 @@ def finetune(
     atomic_csv(out / "predictions.csv", PREDICTION_COLUMNS, prediction_rows())
     model.cpu().eval()
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
-    write_finetune_curve(history, out / "learning_curve.png", spec.report_unit, spec.report_scale,
-                         title=f"{target} ({init}{', frozen' if freeze_encoder else ''}, fraction {fraction:g})")
+    write_finetune_curve(task.history, out / "learning_curve.png", spec.report_unit, spec.report_scale,
+                         title=f"{cfg.target} ({result['init']}{', frozen' if cfg.freeze_encoder else ''}, "
+                               f"fraction {cfg.fraction:g})")
     if not quiet:
-        log(f"test MAE {result['test_mae']:.2f} {spec.report_unit} on {len(test_ids)} molecules "
-            f"(best epoch {best['epoch']}, {wall:.0f} s); artefacts in {out}")
-    return FinetuneResult(result=result, history=history, model=model, out_dir=out, splits=splits)
+        log(f"test MAE {result['test_mae']:.2f} {spec.report_unit} on {result['n_test']} molecules "
+            f"(best epoch {result['best_epoch']}, {result['wall_seconds']:.0f} s); artefacts in {out}")

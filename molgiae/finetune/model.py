@@ -92,18 +92,16 @@ class PropertyModel(nn.Module):
         return model
 
     # ------------------------------------------------------------------ inputs
-    def species(self, atomic_numbers: Tensor) -> Tensor:
-        return self.vocabulary.species(atomic_numbers)
-
-    def dense(self, batch) -> DenseMolecules:
-        return self.vocabulary.dense(batch)
+    def species(self, atomic_numbers: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Atomic numbers → vocabulary indices (0 on padding)."""
+        return self.vocabulary.species(atomic_numbers, mask)
 
     # ------------------------------------------------------------------ forward
     def forward(self, mols: DenseMolecules) -> Tensor:
         """Standardised prediction ``t̂`` [B]."""
         t = group.masked_centroid(mols.pos, mols.mask)
         centred = (mols.pos - t.unsqueeze(1)) * mols.mask.unsqueeze(-1)
-        s, _ = self.encoder.atom_features(mols.species, centred, mols.mask)
+        s, _ = self.encoder.atom_features(self.species(mols.numbers, mols.mask), centred, mols.mask)
         m = mols.mask.to(s.dtype)
         a = self.head(s).squeeze(-1) * m
         if self.pooling == "sum":
@@ -248,7 +246,7 @@ class PropertyPredictor:
         """Predictions (target unit) of valid records. → float64 [len(records)]."""
         if not records:
             return np.zeros(0)
-        mols = self.model.dense(batch_from_records(records).to(self.device))
+        mols = batch_from_records(records).to(self.device)
         return self.model.predict(mols).cpu().numpy()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -73,3 +74,21 @@ def rank_share(chunk: np.ndarray, rank: int, world_size: int, n_atoms: np.ndarra
     if len(local) == 0:
         return chunk[:1], 0.0
     return local, float(n_atoms[local].sum() / n_atoms[chunk].sum())
+
+
+def training_device(name: str, dist_info: DistInfo) -> torch.device:
+    """The device a training process uses: ``name`` (auto | cpu | cuda), and under torchrun on CUDA
+    the GPU of this process's local rank."""
+    device = select_device(name)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    return device
+
+
+def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, device: torch.device,
+             find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
+    if not dist_info.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)

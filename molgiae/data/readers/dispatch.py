@@ -3,7 +3,6 @@ dispatch from a file's suffix to its reader, with the whole-file and geometry ch
 """
 from __future__ import annotations
 
-import csv
 import glob
 import gzip
 from collections.abc import Callable, Iterable, Iterator, Sequence
