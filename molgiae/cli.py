@@ -81,6 +81,11 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
     lambda_smooth: Optional[float] = typer.Option(None, "--lambda-smooth", help="Weight of the code-smoothness term: "
                                                   "how far --coord-noise moves z, over the batch's spread of z (default: 0)."),
+    noise_head: Optional[bool] = typer.Option(None, "--noise-head/--no-noise-head", help="A per-atom head "
+                                              "that predicts the input noise (default: off)."),
+    lambda_denoise: Optional[float] = typer.Option(None, "--lambda-denoise", help="Weight of the atom-level "
+                                                   "denoising term: the noise head predicts --coord-noise's noise "
+                                                   "(default: 0)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights "
                                              "(same parameter shapes; fresh optimizer and schedule)."),
     max_molecules: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many molecules."),
@@ -112,12 +117,13 @@ def train(
         torch.set_num_threads(threads)
     model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
                       decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms,
-                      update_product=update_product, code_pooling=code_pooling)
+                      update_product=update_product, code_pooling=code_pooling,
+                      noise_head=noise_head)
     train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_molecules=max_molecules,
                       val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                       time_limit_minutes=time_limit, checkpoint_every=checkpoint_every,
                       conformer_sampling=conformer_sampling, num_workers=num_workers,
-                      coord_noise=coord_noise, weight_decay=weight_decay, lambda_smooth=lambda_smooth,
+                      coord_noise=coord_noise, weight_decay=weight_decay, lambda_smooth=lambda_smooth, lambda_denoise=lambda_denoise,
                       init_from=str(init_from) if init_from else None)
     try:
         cfg = run_config(out, resume).with_options(model_opts, {**train_opts, "device": device})

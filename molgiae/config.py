@@ -40,6 +40,9 @@ class ModelConfig:
     # "mean_sum": z = [mean over atoms (D/2), sum over atoms / 10 (D/2)] (intensive and extensive
     # parts: a linear model reads size and composition); "mean": z = mean over atoms (≤ 0.1)
     code_pooling: str = "mean_sum"
+    # a per-atom equivariant head that predicts the input-coordinate noise (denoising pretraining
+    # of the atom features, Zaidi et al. 2023; trained with TrainConfig.lambda_denoise)
+    noise_head: bool = False
 
     def __post_init__(self) -> None:
         self.elements = tuple(int(e) for e in self.elements)
@@ -76,6 +79,9 @@ class TrainConfig:
     coord_noise: float = 0.0  # std (Å) of Gaussian noise on input coordinates while training
     # weight of the code-smoothness term (training.code_smoothness; needs coord_noise > 0)
     lambda_smooth: float = 0.0
+    # weight of the atom-level denoising term (training.noise_prediction_loss; needs coord_noise > 0
+    # and ModelConfig.noise_head)
+    lambda_denoise: float = 0.0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0
@@ -100,6 +106,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, not {self.epochs} (nothing would be trained or written)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.lambda_denoise > 0 and not self.coord_noise > 0:
+            raise ValueError(f"lambda_denoise {self.lambda_denoise} needs coord_noise > 0 (the term predicts "
+                             f"the noise added to the input coordinates); pass --coord-noise too")
         if self.lambda_smooth > 0 and not self.coord_noise > 0:
             raise ValueError(f"lambda_smooth {self.lambda_smooth} needs coord_noise > 0 (the term measures how far "
                              f"that noise moves z); without it the term would be silently off")

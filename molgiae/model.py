@@ -24,6 +24,7 @@ class Encoding:
     translation: Tensor
     scores: Tensor
     species: Tensor
+    atom_noise: Tensor | None = None  # [B, N, 3] predicted input noise (models with a noise head)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class GroupInvariantAutoencoder(nn.Module):
             frame = out.frame_vectors.to(mols.pos.dtype)
             R = group.gram_schmidt(frame[:, 0], frame[:, 1])
         return Encoding(z=out.z, rotation=R, translation=t, scores=out.scores.to(mols.pos.dtype),
-                        species=species)
+                        species=species, atom_noise=out.atom_noise)
 
     def decode(self, z: Tensor, mask: Tensor) -> DecoderOutput:
         """z [B, D], mask [B, N] of the slots to fill (first n per row) → canonical conformer."""

@@ -253,11 +253,13 @@ def pool_code(per_atom: Tensor, m: Tensor, pooling: str) -> Tensor:
 @dataclass
 class EncoderOutput:
     """z [B, D] invariant code; frame_vectors [B, 2, 3] (v1, v2, equivariant);
-    scores [B, N] per-atom permutation scores (invariant, permutation-equivariant)."""
+    scores [B, N] per-atom permutation scores (invariant, permutation-equivariant);
+    atom_noise [B, N, 3] the predicted input noise per atom (equivariant; None without a noise head)."""
 
     z: Tensor
     frame_vectors: Tensor
     scores: Tensor
+    atom_noise: Tensor | None = None
 
 
 class PainnEncoder(nn.Module):
@@ -282,6 +284,9 @@ class PainnEncoder(nn.Module):
         self.frame_vector_mix = nn.Linear(F, 2, bias=False)
         self.frame_position_weight = nn.Linear(F, 2)
         self.score_head = mlp(F, F, 1)
+        if config.noise_head:  # gated equivariant readout: Σ_f (W v)_f · g_f(s)
+            self.noise_vectors = nn.Linear(F, F, bias=False)
+            self.noise_gates = mlp(F, F, F)
 
     def atom_features(self, species: Tensor, centred: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Per-atom features after the PaiNN blocks: s [B, N, F] (invariant), v [B, N, 3, F]."""
@@ -306,7 +311,10 @@ class PainnEncoder(nn.Module):
         radius = safe_norm(centred, dim=-1, eps=1e-12)
         scores = c.band_gap * species.to(centred.dtype) + radius
         scores = scores + c.score_learned_scale * self.score_head(s).squeeze(-1)
-        return EncoderOutput(z=z, frame_vectors=frame_vectors, scores=scores)
+        noise = None
+        if c.noise_head:
+            noise = (self.noise_vectors(v) * self.noise_gates(s).unsqueeze(2)).sum(-1)
+        return EncoderOutput(z=z, frame_vectors=frame_vectors, scores=scores, atom_noise=noise)
 
 
 # ----------------------------------------------------------------------------- decoders

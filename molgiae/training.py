@@ -95,6 +95,19 @@ def code_smoothness(noisy_z: torch.Tensor, clean_z: torch.Tensor) -> torch.Tenso
     return ((noisy_z.float() - clean_z) ** 2).sum(-1).mean() / spread.clamp_min(1e-12)
 
 
+def noise_prediction_loss(predicted: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Atom-level denoising: ``mean_i |ε̂_i − (ε_i − ε̄)|² / 3`` over real atoms, where ``ε`` [B, N, 3]
+    is the standard-normal input noise and ``ε̄`` its mean over the molecule's atoms (the encoder
+    sees centred coordinates, so a common shift is invisible). Predicting 0 scores ≈ 1.
+
+    predicted [B, N, 3], noise [B, N, 3], mask [B, N] → scalar.
+    """
+    noise = noise.float()
+    m = mask.to(noise.dtype).unsqueeze(-1)
+    centred = (noise - (noise * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)) * m
+    return (((predicted.float() - centred) ** 2) * m).sum() / (3 * m.sum().clamp_min(1))
+
+
 # ----------------------------------------------------------------------------- artefacts
 def write_learning_curve(rows: list[dict], path: Path) -> None:
     import matplotlib
@@ -212,6 +225,8 @@ class AutoencoderTask:
         self.np_rng = np.random.default_rng(tc.seed)
         random.seed(tc.seed)
         self.train_ids, self.val_ids = training_ids(config, data, splits, log)
+        if tc.lambda_denoise > 0 and not config.model.noise_head:
+            raise ValueError("lambda_denoise needs a model with a noise head (--noise-head)")
         self.sampling = tc.conformer_sampling != "all"
         self.weights = conformer_weights(data) if tc.conformer_sampling == "boltzmann" else None
         if self.weights is not None and getattr(data, "weights", None) is None \
@@ -263,9 +278,15 @@ class AutoencoderTask:
     def _init_from(self, path: str) -> None:
         init = load_checkpoint(path, map_location=self.device)
         try:
-            self.model.load_state_dict(init["model"])
+            missing, unexpected = self.model.load_state_dict(init["model"], strict=False)
         except RuntimeError as exc:
             raise ValueError(f"--init-from {path}: its weights do not fit this model config: {exc}") from exc
+        new_head = [k for k in missing if k.startswith(("encoder.noise_vectors.", "encoder.noise_gates."))]
+        if unexpected or len(new_head) != len(missing):
+            raise ValueError(f"--init-from {path}: its weights do not fit this model config: missing "
+                             f"{[k for k in missing if k not in new_head]}, unexpected {list(unexpected)}")
+        if new_head:
+            self.log("note: the noise head starts fresh (the --init-from model has none)")
         done = init.get("metadata", {})
         self.meta["init_from"] = {"file": Path(path).name,
                                   **{k: done.get(k) for k in ("epochs_done", "steps", "wall_seconds")}}
@@ -335,7 +356,8 @@ class AutoencoderTask:
         tc = self.tc
         target = mols = batch.to(self.device, non_blocking=True)
         if tc.coord_noise > 0:
-            mols = mols.with_pos(mols.pos + tc.coord_noise * self._noise(mols.pos) * mols.mask.unsqueeze(-1))
+            noise = self._noise(mols.pos)
+            mols = mols.with_pos(mols.pos + tc.coord_noise * noise * mols.mask.unsqueeze(-1))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             out = self.net(mols, permutation="straight_through", tau=tc.tau)
         loss = reconstruction_loss(out, target, tc.lambda_type, tc.lambda_perm)["loss"]
@@ -343,6 +365,8 @@ class AutoencoderTask:
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 clean_z = self.model.encode(target).z
             loss = loss + tc.lambda_smooth * code_smoothness(out.encoding.z, clean_z)
+        if tc.lambda_denoise > 0:  # coord_noise > 0 and a noise head: checked at the start
+            loss = loss + tc.lambda_denoise * noise_prediction_loss(out.encoding.atom_noise, noise, target.mask)
         return loss, weight, n_molecules
 
     def _noise(self, pos: torch.Tensor) -> torch.Tensor:

@@ -149,3 +149,60 @@ def test_the_smoothness_term_without_noise_is_refused_not_silently_off():
     with pytest.raises(ValueError, match="coord_noise"):
         TrainConfig(lambda_smooth=1.0)
     assert TrainConfig(lambda_smooth=1.0, coord_noise=0.05).lambda_smooth == 1.0
+
+
+def test_noise_head_is_rotation_translation_and_permutation_equivariant():
+    torch.manual_seed(3)
+    model = GroupInvariantAutoencoder(ModelConfig(noise_head=True)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for i in (60, 70, 80):
+        z, x = molecule(DATA, i)
+        x = x.double()
+        R, t, perm = random_action(len(z), torch.float64)
+        with torch.no_grad():
+            a = model.encode(dense(model, [(z, x)])).atom_noise[0]
+            b = model.encode(dense(model, [(z[perm], x[perm] @ R.T + t)])).atom_noise[0]
+        assert a.shape == (len(z), 3) and a.abs().max() > 1e-3
+        assert torch.allclose(b, a[perm] @ R.T, atol=1e-9)
+    assert GroupInvariantAutoencoder(ModelConfig()).encode(dense(model, [molecule(DATA, 60)])).atom_noise is None
+
+
+def test_noise_prediction_loss_ignores_a_common_shift_and_padding():
+    from molgiae.training import noise_prediction_loss
+
+    torch.manual_seed(0)
+    noise = torch.randn(2, 5, 3, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    centred = noise - (noise * mask[..., None]).sum(1, keepdim=True) / mask.sum(1)[:, None, None]
+    assert noise_prediction_loss(centred, noise, mask) < 1e-10
+    assert noise_prediction_loss(centred, noise + torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64), mask) < 1e-10
+    zero = noise_prediction_loss(torch.zeros_like(noise), noise, mask)
+    expected = ((centred ** 2) * mask[..., None]).sum() / (3 * 8)
+    assert torch.allclose(zero, expected.float(), atol=1e-6) and zero > 0.3
+    padded = noise.clone()
+    padded[1, 3:] = 99.0  # padding never counts
+    assert torch.allclose(noise_prediction_loss(centred, padded, mask), noise_prediction_loss(centred, noise, mask))
+
+
+def test_denoising_training_warm_starts_a_noise_head_and_learns_it(tmp_path):
+    splits = split_ids(DATA.keys, 0.1, 0.1, 0)
+    small = dict(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1, decoder="transformer")
+    cfg = Config(ModelConfig(**small), TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_steps=1))
+    train(cfg, DATA, splits, tmp_path / "a", quiet=True, log=lambda m: None)
+    said = []
+    cfg = Config(ModelConfig(**small, noise_head=True),
+                 TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_steps=1, coord_noise=0.1, lambda_denoise=1.0,
+                             init_from=str(tmp_path / "a" / "last.pt")))
+    state = train(cfg, DATA, splits, tmp_path / "b", quiet=True, log=said.append)
+    assert any("noise head starts fresh" in m for m in said) and state.step > 0
+    warm = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert "encoder.noise_vectors.weight" in warm["model"]
+    import pytest
+
+    with pytest.raises(ValueError, match="coord_noise"):
+        TrainConfig(lambda_denoise=1.0)
+    cfg = Config(ModelConfig(**small), TrainConfig(epochs=1, coord_noise=0.1, lambda_denoise=1.0))
+    with pytest.raises(ValueError, match="noise head"):
+        train(cfg, DATA, splits, tmp_path / "c", quiet=True, log=lambda m: None)
