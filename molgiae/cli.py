@@ -2,6 +2,7 @@
 commands so ``molgiae --help`` is instant."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -57,6 +58,34 @@ def _with_extra_paths(ctx: typer.Context, paths: List[Path]) -> List[Path]:
     return list(paths) + [Path(a) for a in ctx.args]
 
 
+def _training_data(data: list[Path], out: Path, cfg, announce: bool):
+    """(the conformers of ``data``, their molecule-level split) after checking the run directory
+    ``out``; bad records are reported and skipped."""
+    from molgiae.data.loading import load_conformers
+    from molgiae.training import training_splits
+
+    missing = [str(p) for p in data if not p.exists()]
+    if missing:
+        fail(f"data file(s) not found: {', '.join(missing)}")
+    _check_run_dir(out, data, RUN_FILES)
+    try:
+        dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
+    except ValueError as exc:
+        fail(str(exc))
+    splits, too_big = training_splits(dataset, cfg)
+    if too_big:
+        err(f"note: {too_big} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
+    if announce:
+        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
+            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
+    return dataset, splits
+
+
+def _config_options(section, given: dict) -> dict:
+    """The command-line values (``None`` = not given) named like the fields of a config section."""
+    return {f.name: given[f.name] for f in dataclasses.fields(section) if f.name in given}
+
+
 @app.command(context_settings=MULTI_PATH)
 def train(
     ctx: typer.Context,
@@ -108,43 +137,22 @@ def train(
     import torch
 
     from molgiae.checkpoint import CheckpointError
-    from molgiae.data.loading import load_conformers
-    from molgiae.training import run_config, training_splits
+    from molgiae.config import ModelConfig, TrainConfig
+    from molgiae.training import run_config
     from molgiae.training import train as run_training
 
     data = _with_extra_paths(ctx, data)
     if threads:
         torch.set_num_threads(threads)
-    model_opts = dict(features=features, embedding_dim=embedding_dim, encoder_layers=encoder_layers,
-                      decoder_layers=decoder_layers, decoder=decoder, max_atoms=max_atoms,
-                      update_product=update_product, code_pooling=code_pooling,
-                      noise_head=noise_head)
-    train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_molecules=max_molecules,
-                      val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-                      time_limit_minutes=time_limit, checkpoint_every=checkpoint_every,
-                      conformer_sampling=conformer_sampling, num_workers=num_workers,
-                      coord_noise=coord_noise, weight_decay=weight_decay, lambda_smooth=lambda_smooth, lambda_denoise=lambda_denoise,
-                      init_from=str(init_from) if init_from else None)
+    given = {**locals(), "time_limit_minutes": time_limit, "init_from": str(init_from) if init_from else None}
     try:
-        cfg = run_config(out, resume).with_options(model_opts, {**train_opts, "device": device})
+        cfg = run_config(out, resume).with_options(_config_options(ModelConfig, given),
+                                                   _config_options(TrainConfig, given))
     except ValueError as exc:
         fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
 
-    missing = [str(p) for p in data if not p.exists()]
-    if missing:
-        fail(f"data file(s) not found: {', '.join(missing)}")
-    _check_run_dir(out, data, RUN_FILES)
-    try:
-        dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
-    except ValueError as exc:
-        fail(str(exc))
-    splits, too_big = training_splits(dataset, cfg)
-    if too_big:
-        err(f"note: {too_big} training molecules have more than max_atoms={cfg.model.max_atoms} atoms; left out")
-    if not quiet and rank0:
-        err(f"{len(dataset)} conformers: {len(splits['train'])} train, {len(splits['val'])} val, "
-            f"{len(splits['test'])} test (split seed {cfg.train.split_seed})")
+    dataset, splits = _training_data(data, out, cfg, announce=not quiet and rank0)
     meta = {"data": [Path(p).name for p in data], "split_seed": cfg.train.split_seed}
     try:
         state = run_training(cfg, dataset, splits, out, resume=resume, quiet=quiet, metadata=meta)

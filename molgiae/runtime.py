@@ -72,6 +72,14 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) as our handler raises it. A subclass, not KeyboardInterrupt itself: CPython
+    marks the process for a kill by SIGINT at exit (exit status -2 instead of our 130) when a bare
+    KeyboardInterrupt escapes code run by ``exec``/``eval`` of a string (e.g. a dataclass being
+    built) and only checks the exact type; under ``python -m molgiae`` that happened in half of the
+    interrupted runs."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what ``timeout``, SLURM and ``kill`` send first), raised like Ctrl-C's
     KeyboardInterrupt so that the same clean-up runs (temporary outputs removed)."""
@@ -88,7 +96,7 @@ def handle_interrupts() -> None:
 
     def _sigint(signum, frame):  # noqa: ARG001
         _received.append("Ctrl-C")
-        raise KeyboardInterrupt
+        raise Interrupted
 
     def _sigterm(signum, frame):  # noqa: ARG001
         _received.append("SIGTERM")
@@ -104,7 +112,7 @@ def raise_if_interrupted() -> None:
     that caught it (our handler recorded it). Not covered: RDKit's C++ sections (ETKDG,
     substructure search) install their own SIGINT handler, so ours never runs there."""
     if _received:
-        raise Terminated("SIGTERM") if _received[0] == "SIGTERM" else KeyboardInterrupt
+        raise Terminated("SIGTERM") if _received[0] == "SIGTERM" else Interrupted
 
 
 def interrupted_by() -> str | None:

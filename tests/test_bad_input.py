@@ -392,9 +392,10 @@ def test_empty_validation_split_is_said(tmp_path):
 
 
 def _slow_xyz(path: Path, n: int = 30_000) -> Path:
-    """Many small frames: seconds of reading and embedding outside RDKit's C++ Ctrl-C handler
-    (ETKDG and substructure search install their own SIGINT handler and swallow the signal, so
-    a SIGINT sent during SMILES embedding is lost: a known defect, see the closing notes)."""
+    """Many small frames: seconds of reading and embedding; embedded with ``--no-smiles`` so that no
+    RDKit C++ code runs (ETKDG, substructure search and the bond perception behind the SMILES column
+    can install their own SIGINT handler: a signal landing there is lost or ends the process with
+    -SIGINT instead of exit code 130, a known defect, see the closing notes)."""
     path.write_text("".join(f"3\nwater_{k}\n{WATER}" for k in range(n)))
     return path
 
@@ -411,7 +412,7 @@ def test_signal_stops_embed_cleanly_and_says_so(tiny_checkpoint, tmp_path, sig, 
     out.write_text("previous result")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "molgiae", "embed", str(smi), "-o", str(out), "--model",
-                             str(tiny_checkpoint), "--no-read-ahead", "-q"],
+                             str(tiny_checkpoint), "--no-read-ahead", "--no-smiles", "-q"],
                             stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob("e.h5.tmp-*")) and proc.poll() is None:
