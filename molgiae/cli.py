@@ -115,6 +115,8 @@ def train(
     lambda_denoise: Optional[float] = typer.Option(None, "--lambda-denoise", help="Weight of the atom-level "
                                                    "denoising term: the noise head predicts --coord-noise's noise "
                                                    "(default: 0)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "
+                                           "(~1.3x faster CPU steps after a ~2-min compile; default: off)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights "
                                              "(same parameter shapes; fresh optimizer and schedule)."),
     max_molecules: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many molecules."),

@@ -234,6 +234,8 @@ class AutoencoderTask:
             log("note: the data has no Boltzmann weights; --conformer-sampling boltzmann samples uniformly")
         n_train_molecules = len(np.unique(data.keys[self.train_ids]))
         self.model = GroupInvariantAutoencoder(config.model).to(device)
+        if tc.compile:  # in place: parameter names and checkpoints stay those of the eager model
+            self.model.encoder.compile(dynamic=True)
         self.net = wrap_ddp(self.model, dist_info, device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         steps_per_epoch = math.ceil((n_train_molecules if self.sampling else len(self.train_ids)) / tc.batch_size)
