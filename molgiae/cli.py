@@ -190,11 +190,9 @@ def evaluate(
     """Reconstruction quality: rmsd (hard P, predicted R and t, no alignment), element accuracy,
     aligned rmsd (diagnostic), invariance error; symmetric molecules reported separately. Then the
     invariant code's quality (the `embedding` section, on the whole split; --limit does not apply)."""
-    import numpy as np
-
     from molgiae.data.loading import load_conformers
-    from molgiae.data.split import split_ids
-    from molgiae.metrics import invariance_error, score_molecules, summarize
+    from molgiae.metrics import evaluation_rows, invariance_error, limited, score_molecules, summarize
+    from molgiae.outputs import atomic_write_text
 
     data = _with_extra_paths(ctx, data)
     m = _open_model(model, device)
@@ -202,18 +200,10 @@ def evaluate(
         dataset = load_conformers(data, on_error=lambda e: err(f"skipped: {e}"))
     except ValueError as exc:
         fail(str(exc))
-    ids = np.flatnonzero(dataset.n_atoms <= m.max_atoms)
-    vocab = set(m.elements)
-    ids = np.array([i for i in ids if set(dataset.elements[dataset.ptr[i]:dataset.ptr[i + 1]].tolist()) <= vocab], dtype=int)
-    if split != "all":
-        tc = m.config.train
-        chosen = split_ids(dataset.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)[split]
-        ids = np.intersect1d(ids, chosen)
-    pool = ids
+    pool = evaluation_rows(dataset, m.config, split)
+    ids = limited(pool, limit)
     if ensembles is not None and not ensembles.is_file():
         fail(f"ensemble file not found: {ensembles}")
-    if limit and len(ids) > limit:
-        ids = np.sort(np.random.default_rng(0).choice(ids, limit, replace=False))
     if len(ids) == 0:
         fail("no molecules to evaluate (check --split and the model's vocabulary / max_atoms)")
     progress = None
@@ -237,7 +227,7 @@ def evaluate(
     text = json.dumps(summary, indent=2)
     typer.echo(text)
     if json_out:
-        json_out.write_text(text + "\n")
+        atomic_write_text(json_out, text + "\n")
 
 
 def _embedding_section(m, dataset, pool, ensembles: Optional[Path], n_noise: int, n_jacobian: int,

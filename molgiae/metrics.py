@@ -10,7 +10,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from molgiae.data.batching import batch_from_set, make_batch, sized_batches
+from molgiae.config import Config
 from molgiae.data.conformers import ConformerSet
+from molgiae.data.split import split_ids
 from molgiae.group import random_rotation
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores
 from molgiae.symmetry import is_symmetric
@@ -155,3 +157,24 @@ def summarize(scores: MoleculeScores, invariance: float | None = None) -> dict:
     summary["symmetric"] = block(scores.symmetric)
     summary["asymmetric"] = block(~scores.symmetric)
     return summary
+
+
+def evaluation_rows(data: ConformerSet, config: Config, split: str = "all") -> np.ndarray:
+    """Rows of ``data`` a model of ``config`` can evaluate (at most ``max_atoms`` atoms, elements in
+    its vocabulary), restricted to one split of its training run (``train`` | ``val`` | ``test``)
+    or ``all``."""
+    vocab = set(config.model.elements)
+    ids = np.flatnonzero(data.n_atoms <= config.model.max_atoms)
+    ids = np.array([i for i in ids if set(data.elements[data.ptr[i]:data.ptr[i + 1]].tolist()) <= vocab],
+                   dtype=np.int64)
+    if split != "all":
+        tc = config.train
+        ids = np.intersect1d(ids, split_ids(data.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)[split])
+    return ids
+
+
+def limited(ids: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` of ``ids`` (a seeded choice, sorted); all of them without a limit."""
+    if limit and len(ids) > limit:
+        return np.sort(np.random.default_rng(seed).choice(ids, limit, replace=False))
+    return ids

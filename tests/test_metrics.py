@@ -110,3 +110,24 @@ def test_summary_of_an_empty_subset():
     assert summary["symmetric"] == {"n_molecules": 0} and "invariance_error" not in summary
     assert "rmsd_aligned_mean" not in summary  # not computed
     assert summary["element_accuracy_atoms"] == pytest.approx((3 * 1.0 + 5 * 0.5) / 8)
+
+
+def test_evaluation_rows_keep_what_the_model_can_read_and_the_chosen_split():
+    from molgiae.config import Config, ModelConfig
+    from molgiae.data.conformers import ConformerSet
+    from molgiae.data.split import split_ids
+    from molgiae.metrics import evaluation_rows, limited
+
+    sizes = [3, 5, 40, 4, 3, 6]
+    elements = [np.array([8, 1, 1]), np.array([6, 1, 1, 1, 17]), np.full(40, 6), np.array([7, 1, 1, 1]),
+                np.array([8, 1, 1]), np.array([6, 6, 1, 1, 1, 1])]
+    data = ConformerSet(elements=np.concatenate(elements), coords=np.zeros((sum(sizes), 3), np.float32),
+                        ptr=np.r_[0, np.cumsum(sizes)], keys=np.arange(6), names=np.array(list("abcdef"), object))
+    cfg = Config(ModelConfig(max_atoms=29))
+    assert evaluation_rows(data, cfg).tolist() == [0, 3, 4, 5]  # Cl outside the vocabulary, 40 atoms too many
+    test = split_ids(data.keys, cfg.train.val_fraction, cfg.train.test_fraction, cfg.train.split_seed)["test"]
+    assert evaluation_rows(data, cfg, "test").tolist() == sorted(set(test.tolist()) & {0, 3, 4, 5})
+    rows = np.arange(100)
+    assert limited(rows, None) is rows and limited(rows, 500) is rows
+    few = limited(rows, 10)
+    assert len(few) == 10 and np.all(np.diff(few) > 0) and np.array_equal(few, limited(rows, 10))
