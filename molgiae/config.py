@@ -91,6 +91,7 @@ class TrainConfig:
     time_limit_minutes: float = 0.0  # 0 = none: stop cleanly after this wall time
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on the CPU too (AMX/AVX-512 BF16 CPUs; see docs/method.md)
     # torch.compile the encoder in place (inductor, dynamic shapes; checkpoints unchanged): a
     # ~1.3x faster CPU step after a one-off compile of ~2 min (bench/compile_step.py)
     compile: bool = False

@@ -246,7 +246,7 @@ class AutoencoderTask:
         # molecule keys of each split, each once (conformers of a molecule share a key)
         self.split_keys = {k: list(dict.fromkeys(data.keys[v].tolist())) for k, v in splits.items()}
         self.meta = self._metadata(metadata, splits, n_train_molecules)
-        self.use_amp = tc.amp and device.type == "cuda"
+        self.use_amp = (tc.amp and device.type == "cuda") or (tc.cpu_bf16 and device.type == "cpu")
         self.last_plot = 0.0
 
     def _metadata(self, metadata: dict | None, splits: dict, n_train_molecules: int) -> dict:
