@@ -193,7 +193,8 @@ def evaluate(
     aligned rmsd (diagnostic), invariance error; symmetric molecules reported separately. Then the
     invariant code's quality (the `embedding` section, on the whole split; --limit does not apply)."""
     from molgiae.data.loading import load_conformers
-    from molgiae.metrics import evaluation_rows, invariance_error, limited, score_molecules, summarize
+    from molgiae.data.split import seeded_subset
+    from molgiae.metrics import evaluation_rows, invariance_error, score_molecules, summarize
     from molgiae.outputs import atomic_write_text
 
     data = _with_extra_paths(ctx, data)
@@ -203,7 +204,7 @@ def evaluate(
     except ValueError as exc:
         fail(str(exc))
     pool = evaluation_rows(dataset, m.config, split)
-    ids = limited(pool, limit)
+    ids = seeded_subset(pool, limit)
     if ensembles is not None and not ensembles.is_file():
         fail(f"ensemble file not found: {ensembles}")
     if len(ids) == 0:

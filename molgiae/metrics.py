@@ -171,10 +171,3 @@ def evaluation_rows(data: ConformerSet, config: Config, split: str = "all") -> n
         tc = config.train
         ids = np.intersect1d(ids, split_ids(data.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)[split])
     return ids
-
-
-def limited(ids: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
-    """At most ``limit`` of ``ids`` (a seeded choice, sorted); all of them without a limit."""
-    if limit and len(ids) > limit:
-        return np.sort(np.random.default_rng(seed).choice(ids, limit, replace=False))
-    return ids

@@ -35,7 +35,7 @@ from molgiae.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_
 from molgiae.config import Config
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
-from molgiae.data.split import split_ids
+from molgiae.data.split import seeded_subset, split_ids
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
 from molgiae.train.distributed import (DistInfo, hardware_description, rank_share, setup_distributed,
@@ -190,11 +190,9 @@ def training_ids(config: Config, data: ConformerSet, splits: dict[str, np.ndarra
         if len(mol_keys) > tc.max_molecules:
             chosen = np.random.default_rng(tc.seed).choice(mol_keys, tc.max_molecules, replace=False)
             train_ids = train_ids[np.isin(data.keys[train_ids], chosen)]
-    elif tc.max_molecules and len(train_ids) > tc.max_molecules:
-        train_ids = np.sort(np.random.default_rng(tc.seed).choice(train_ids, tc.max_molecules, replace=False))
-    val_ids = np.asarray(splits["val"])
-    if tc.max_val_molecules and len(val_ids) > tc.max_val_molecules:
-        val_ids = np.sort(np.random.default_rng(tc.seed + 1).choice(val_ids, tc.max_val_molecules, replace=False))
+    else:
+        train_ids = seeded_subset(train_ids, tc.max_molecules, tc.seed)
+    val_ids = seeded_subset(np.asarray(splits["val"]), tc.max_val_molecules, tc.seed + 1)
     if len(train_ids) == 0:
         raise ValueError("the training split is empty")
     if len(val_ids) == 0:

@@ -115,8 +115,9 @@ def test_summary_of_an_empty_subset():
 def test_evaluation_rows_keep_what_the_model_can_read_and_the_chosen_split():
     from molgiae.config import Config, ModelConfig
     from molgiae.data.conformers import ConformerSet
+    from molgiae.data.split import seeded_subset as limited
     from molgiae.data.split import split_ids
-    from molgiae.metrics import evaluation_rows, limited
+    from molgiae.metrics import evaluation_rows
 
     sizes = [3, 5, 40, 4, 3, 6]
     elements = [np.array([8, 1, 1]), np.array([6, 1, 1, 1, 17]), np.full(40, 6), np.array([7, 1, 1, 1]),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from molgiae.config import Config, ModelConfig, TrainConfig
+from molgiae.data.batching import batch_from_set
 from molgiae.data.split import split_ids
 from molgiae.metrics import score_molecules
 from molgiae.model import GroupInvariantAutoencoder
@@ -163,10 +164,4 @@ def test_compiled_encoder_trains_like_the_eager_one_and_keeps_checkpoints(tmp_pa
     for k in eager:
         assert torch.allclose(comp[k], eager[k], atol=3e-3), k
     model, cfg = model_from_checkpoint(runs[True])
-    assert cfg.train.compile and model.encode(fixture_batch(model, ids[:2])).z.shape == (2, 16)
-
-
-def fixture_batch(model, ids):
-    from molgiae.data.batching import batch_from_set
-
-    return batch_from_set(DATA, ids)
+    assert cfg.train.compile and model.encode(batch_from_set(DATA, ids[:2])).z.shape == (2, 16)

@@ -8,6 +8,7 @@ is added.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,3 +42,11 @@ def split_ids(keys: np.ndarray, val_fraction: float, test_fraction: float, seed:
         "val": np.flatnonzero(val),
         "test": np.flatnonzero(test),
     }
+
+
+def seeded_subset(ids: np.ndarray, limit: int | None, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """At most ``limit`` of ``ids``: a seeded choice without replacement, sorted; ``ids`` itself
+    when there is no limit or no more than ``limit`` of them."""
+    if limit and len(ids) > limit:
+        return np.sort(np.random.default_rng(seed).choice(ids, limit, replace=False))
+    return ids

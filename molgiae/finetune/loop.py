@@ -45,7 +45,7 @@ from molgiae.checkpoint import atomic_torch_save, load_checkpoint
 from molgiae.config import Config, ModelConfig, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
-from molgiae.data.split import split_ids
+from molgiae.data.split import seeded_subset, split_ids
 from molgiae.data.targets import get_target, target_values
 from molgiae.finetune.model import PropertyModel, property_checkpoint
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
@@ -144,9 +144,7 @@ def finetune_splits(
         train = train[np.isin(data.keys[train], chosen)]
     splits["train"] = np.sort(train)
     for name, limit, salt in (("val", max_val, 1), ("test", max_test, 2)):
-        ids = splits[name]
-        if limit and len(ids) > limit:
-            splits[name] = np.sort(np.random.default_rng([tc.split_seed, salt]).choice(ids, limit, replace=False))
+        splits[name] = seeded_subset(splits[name], limit, [tc.split_seed, salt])
     return splits, info
 
 
