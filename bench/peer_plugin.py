@@ -15,7 +15,8 @@ used (the dense layout covers every pair, the cosine cutoff zeroes those beyond 
 ≤ 4 sub-batches of similar size, each run as one dense batch (a random batch of 32 QM9 molecules
 then pads ~10 % above its real pairs instead of ~73 %); per-molecule outputs are those of one
 padded batch (tested: ``tests/test_batching.py``). ``build_single``: one padded batch, as
-``../shared/bench/molgiae_plugin.py`` (the "before"). ``build_o3``: no cross-product term.
+``../shared/bench/molgiae_plugin.py`` (the "before"). ``build_o3``: no cross-product term. ``build_compiled``, ``build_bf16``, ``build_compiled_bf16``: the
+`molgiae train` switches `--compile` and `--cpu-bf16` (give the harness `--warmup 4` or more).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def dense_molecules(species, R, counts):
 
 
 class MolgiaeEncoderRegressor(nn.Module):
-    def __init__(self, hidden, layers, cutoff, n_rbf, cross_product=True, max_groups=4):
+    def __init__(self, hidden, layers, cutoff, n_rbf, cross_product=True, max_groups=4,
+                 compiled=False, bf16=False):
         super().__init__()
         cfg = ModelConfig(features=hidden, encoder_layers=layers, cutoff=cutoff, num_rbf=n_rbf,
                           cross_product=cross_product)
@@ -56,13 +58,23 @@ class MolgiaeEncoderRegressor(nn.Module):
         for z, i in VOCAB.items():
             lut[z] = i
         self.register_buffer("lut", lut)
+        # what `molgiae train --compile` / `--cpu-bf16` do: the encoder compiled with dynamic
+        # shapes (one graph for every size group), bf16 autocast around the forward
+        self.atom_features = self.encoder.atom_features
+        if compiled:
+            self.atom_features = torch.compile(self.encoder.atom_features, dynamic=True)
+        self.bf16 = bf16
 
     def per_molecule(self, species, R, counts):
         spec, centred, mask = dense_molecules(species, R, counts)
-        s, _ = self.encoder.atom_features(spec, centred, mask)
+        s, _ = self.atom_features(spec, centred, mask)
         return (self.head(s).squeeze(-1) * mask).sum(1)
 
     def forward(self, Z, R, batch, edge_index=None):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.grouped(Z, R, batch).float()
+
+    def grouped(self, Z, R, batch):
         species = self.lut[Z]
         counts = torch.bincount(batch)
         if self.max_groups <= 1:
@@ -90,3 +102,20 @@ def build_single(hidden=128, layers=3, cutoff=5.0, n_rbf=20, **kw):
 def build_o3(hidden=128, layers=3, cutoff=5.0, n_rbf=20, **kw):
     """Without the cross-product term: the same function class as schnetpack's PaiNN."""
     return MolgiaeEncoderRegressor(hidden, layers, cutoff, n_rbf, cross_product=False)
+
+
+def build_compiled(hidden=128, layers=3, cutoff=5.0, n_rbf=20, **kw):
+    """``build`` with the encoder under ``torch.compile`` (as ``molgiae train --compile``); give
+    the harness ``--warmup 4`` or more so the compilations (train, then no-grad) fall in warm-up."""
+    return MolgiaeEncoderRegressor(hidden, layers, cutoff, n_rbf, compiled=True)
+
+
+def build_bf16(hidden=128, layers=3, cutoff=5.0, n_rbf=20, **kw):
+    """``build`` under CPU bf16 autocast (as ``molgiae train --cpu-bf16``); not float32, so not
+    the same precision as the schnetpack reference."""
+    return MolgiaeEncoderRegressor(hidden, layers, cutoff, n_rbf, bf16=True)
+
+
+def build_compiled_bf16(hidden=128, layers=3, cutoff=5.0, n_rbf=20, **kw):
+    """Both switches (``molgiae train --compile --cpu-bf16``)."""
+    return MolgiaeEncoderRegressor(hidden, layers, cutoff, n_rbf, compiled=True, bf16=True)
