@@ -40,6 +40,23 @@ def test_split_is_deterministic_disjoint_and_by_molecule():
     assert set(np.arange(500)[np.isin(np.arange(500), d["test"])]) == mol["test"]
 
 
+def test_qm9_molecules_read_from_xyz_get_the_npz_key_and_split():
+    """A QM9 molecule read from its XYZ file (or an ensemble file, a store) is keyed by its QM9
+    index, as in the npz files, so it lands in the same split (it was a hash of ``gdb_N``)."""
+    from pathlib import Path
+
+    from molgiae.data.loading import load_conformers
+
+    fixtures = sorted(Path(QM9_FIXTURE).parent.glob("dsgdb9nsd_*.xyz"))
+    from_xyz = load_conformers(fixtures)
+    assert [int(k) for k in from_xyz.keys] == [int(p.stem.split("_")[1]) for p in fixtures]  # the npz key
+    both = np.concatenate([DATA.keys, from_xyz.keys])
+    split = split_ids(both, 0.3, 0.3, seed=0)
+    where = {name: set(both[ids].tolist()) for name, ids in split.items()}
+    for k in from_xyz.keys:  # the same molecule twice never straddles two splits
+        assert sum(int(k) in v for v in where.values()) == 1
+
+
 def test_training_overfits_a_handful_of_molecules(tmp_path):
     """A broken group action cannot reach this: the untrained model sits near 2 Å, a decoder
     that only learns an average shape near 1 Å on these molecules."""

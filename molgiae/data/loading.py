@@ -10,7 +10,7 @@ from molgiae.data.conformers import ConformerSet, load_qm9_npz
 from molgiae.data.qm9_npz import is_qm9_npz
 from molgiae.data.readers import iter_records, records_only
 from molgiae.data.record import RecordError
-from molgiae.data.split import name_key
+from molgiae.data.split import molecule_key
 from molgiae.data.store import concat_sets, is_store, read_store
 
 
@@ -20,7 +20,8 @@ def load_conformers(
     """Load every valid conformer of ``paths``. QM9 npz files are read as arrays (keys = QM9
     index); conformer stores (``molgiae data prepare``) with :func:`molgiae.data.store.read_store`
     (keys = molecule ids, plus Boltzmann weights); other formats go through the readers (keys from
-    molecule names, so conformers of a molecule share a key and a split). Bad records are passed
+    molecule names, so conformers of a molecule share a key and a split; ``gdb_N`` → N as in the
+    QM9 npz files). Bad records are passed
     to ``on_error``."""
     expanded = [str(p) for p in paths]
     if expanded and all(Path(p).is_file() and is_qm9_npz(p) for p in expanded):
@@ -38,5 +39,5 @@ def load_conformers(
             on_error(e)
     if not records:
         raise ValueError(f"no valid molecules in {', '.join(expanded)}")
-    keys = [name_key(r.name or f"{r.source}:{r.index}") for r in records]
+    keys = [molecule_key(r.name or f"{r.source}:{r.index}") for r in records]
     return ConformerSet.from_records(records, keys=np.asarray(keys, dtype=np.int64))

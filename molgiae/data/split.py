@@ -8,6 +8,7 @@ is added.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,17 @@ import numpy as np
 def name_key(name: str) -> int:
     """A stable non-negative int64 molecule key from a name (conformers of one molecule share it)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
+
+
+_QM9_NAME = re.compile(r"^gdb_(\d+)$")
+
+
+def molecule_key(name: str) -> int:
+    """The molecule key of a record name: ``N`` for a QM9 name ``gdb_N`` (the key the QM9 npz
+    files give it, so a molecule read from XYZ, an ensemble file or a store lands in the same
+    split as from the npz), else :func:`name_key`."""
+    m = _QM9_NAME.match(name)
+    return int(m.group(1)) if m else name_key(name)
 
 
 def key_fractions(keys: np.ndarray, seed: int) -> np.ndarray:

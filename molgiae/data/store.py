@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from array import array
@@ -56,13 +55,12 @@ from molgiae._version import __version__
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.readers import iter_records
 from molgiae.data.record import ConformerRecord, RecordError
-from molgiae.data.split import name_key
+from molgiae.data.split import molecule_key, name_key
 from molgiae.outputs import atomic_output, refuse_input_as_output, remove_stale_temps
 
 STORE_FORMAT = "molgiae-conformer-store-1"
 STORE_SUFFIXES = (".h5", ".hdf5")
 _BLOCK_ROWS = 1 << 22  # rows copied per block when the HDF5 file is assembled
-_QM9_NAME = re.compile(r"^gdb_(\d+)$")
 
 Item = ConformerRecord | RecordError
 
@@ -72,16 +70,13 @@ Item = ConformerRecord | RecordError
 
 def molecule_id(record: ConformerRecord, group_by: str = "name") -> int:
     """The int64 molecule id of a record (see the module docstring)."""
-    m = _QM9_NAME.match(record.name or "")
-    if m and group_by == "name":
-        return int(m.group(1))
     if group_by == "smiles":
-        ident = record.smiles or record.name
-    elif group_by == "name":
-        ident = record.name or record.smiles
-    else:
-        raise ValueError(f"group_by must be 'name' or 'smiles', not {group_by!r}")
-    return name_key(ident or f"{record.source}:{record.index}")
+        return name_key(record.smiles or record.name or f"{record.source}:{record.index}")
+    if group_by == "name":
+        if record.name:
+            return molecule_key(record.name)  # gdb_N -> N
+        return name_key(record.smiles or f"{record.source}:{record.index}")
+    raise ValueError(f"group_by must be 'name' or 'smiles', not {group_by!r}")
 
 
 def normalised_weights(molecule: np.ndarray, raw: np.ndarray) -> np.ndarray:
