@@ -11,8 +11,9 @@ at least its first batch size whatever the time):
    device (TF32 off): |loss difference| and the largest gradient difference relative to the
    largest gradient must be <= ``--tolerance``; then the same under bf16 autocast must give a
    finite loss and finite gradients; the validation rmsd of the starting weights. → ``check.json``.
-   If bf16 fails, the sweep and the training run in fp32 (the run goes on: finding that out is
-   what the check is for).
+   If bf16 fails, or its gradient's cosine to the fp32 one is below ``BF16_MIN_COSINE`` (a
+   trained model's bf16 gradient can point elsewhere), the sweep and the training run in fp32
+   (the run goes on: finding that out is what the check is for).
 2. sweep: training steps (as ``molgiae.training.train`` takes them) at each batch size, a few
    after warm-up; conformers/s with and without building the batch, peak device memory. The
    chosen batch size is the smallest whose conformers/s is within ``--within`` of the best
@@ -60,7 +61,7 @@ from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss  # noqa: E402
 from molgiae.outputs import atomic_output, atomic_write_text  # noqa: E402
 from molgiae.train.distributed import hardware_description, select_device  # noqa: E402
-from molgiae.training import train, validate  # noqa: E402
+from molgiae.training import BF16_MIN_COSINE, train, validate  # noqa: E402
 
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 
@@ -103,6 +104,14 @@ def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def gradient_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Cosine between two gradients (dicts of the same parameters), as one flat vector each."""
+    va = torch.cat([a[n].flatten() for n in sorted(a)])
+    vb = torch.cat([b[n].flatten() for n in sorted(a)])
+    return float(torch.nn.functional.cosine_similarity(va, vb, dim=0))
+
+
+
 # ----------------------------------------------------------------------------- 1. check
 def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
     tc = config.train
@@ -136,8 +145,10 @@ def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
         g_bf16 = grads(model)
         bf16_finite = bool(torch.isfinite(loss_bf16).item() and all(torch.isfinite(g).all() for g in g_bf16.values()))
         loss_bf16 = float(loss_bf16.detach())
+        bf16_cos = gradient_cosine(g_bf16, g_dev)
     except RuntimeError as exc:
         bf16_error, bf16_finite, loss_bf16 = f"{type(exc).__name__}: {exc}", False, float("nan")
+        bf16_cos = float("nan")
 
     val = validate(model, data, val_ids, config, device)
     fp32_ok = abs(float(loss_cpu) - float(loss_dev)) <= tolerance and g_diff / g_scale <= tolerance
@@ -149,6 +160,7 @@ def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
         "grad_max_abs_diff": g_diff, "grad_max_abs": g_scale, "grad_max_rel_diff": g_diff / g_scale,
         "z_max_abs_diff": z_diff, "molecules_with_other_permutation": perm_differs,
         "loss_device_bf16": loss_bf16, "bf16_finite": bf16_finite, "bf16_error": bf16_error,
+        "bf16_grad_cosine": bf16_cos,
         "fp32_match": bool(fp32_ok), "passed": bool(fp32_ok and bf16_finite),
         "val_molecules": len(val_ids), "val_rmsd_start": val["val_rmsd"],
         "val_element_accuracy_start": val["val_element_accuracy"],
@@ -341,6 +353,10 @@ def main(argv: list[str] | None = None) -> dict:
     if amp and result["bf16_error"]:
         amp = False
         log(f"bf16 autocast failed ({result['bf16_error'].splitlines()[0]}): sweep and training in fp32")
+    elif amp and not result["bf16_grad_cosine"] >= BF16_MIN_COSINE:
+        amp = False
+        log(f"bf16 gradient disagrees with fp32 (cosine {result['bf16_grad_cosine']:.3f} < {BF16_MIN_COSINE}): "
+            "sweep and training in fp32")
     summary["amp_bf16"] = amp
 
     # 2. sweep
