@@ -116,8 +116,7 @@ def train(
                                                    "denoising term: the noise head predicts --coord-noise's noise "
                                                    "(default: 0)."),
     cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on the CPU "
-                                            "(as on CUDA; faster on CPUs with AMX / AVX-512 BF16; default: off). "
-                                            "Switches itself off once the model is too steep for bf16 gradients."),
+                                            "(as on CUDA; faster on CPUs with AMX / AVX-512 BF16; default: off)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "
                                            "(~1.3x faster CPU steps after a ~2-min compile; default: off)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this checkpoint's weights "

@@ -118,34 +118,6 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     return loss
 
 
-#: bf16 autocast stays on only while its gradient points where float32's does: the cosine of the
-#: gradients summed over a fixed probe of 8 batches of 32 training molecules. A trained encoder is
-#: steep enough that bf16 rounding flips atom orderings: on QM9 the shipped default gave 0.25-0.76,
-#: fresh models 0.946-1.000 (bench/results/bf16_gradient_fidelity.md); training on the bf16
-#: gradient undid the default (validation rmsd 0.754 -> 0.87 Å).
-BF16_MIN_COSINE = 0.85
-BF16_PROBE_BATCHES = 8
-
-
-def bf16_gradient_cosine(model: GroupInvariantAutoencoder, batches: list[tuple[DenseMolecules, torch.Tensor | None]],
-                         tc: TrainConfig) -> float:
-    """Cosine between the training gradient summed over ``batches`` ((target, noise) pairs) under
-    bf16 autocast and in float32, on an eager copy of ``model`` (the run's model, its gradients and
-    compiled code are untouched). Summing over a few batches steadies it: one batch's cosine swings
-    with the few molecules whose atom order a rounding flips."""
-    device = batches[0][0].pos.device
-    probe = GroupInvariantAutoencoder(model.config).to(device)
-    probe.load_state_dict(model.state_dict())
-    probe.train()
-    flat = []
-    for bf16 in (False, True):
-        probe.zero_grad(set_to_none=True)
-        for target, noise in batches:
-            training_objective(probe, probe, target, noise, tc, bf16).backward()
-        flat.append(torch.cat([p.grad.flatten().float() for p in probe.parameters() if p.grad is not None]))
-    return float(torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0))
-
-
 def noise_prediction_loss(predicted: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Atom-level denoising: ``mean_i |ε̂_i − (ε_i − ε̄)|² / 3`` over real atoms, where ``ε`` [B, N, 3]
     is the standard-normal input noise and ``ε̄`` its mean over the molecule's atoms (the encoder
@@ -324,7 +296,6 @@ class AutoencoderTask:
         if self.rank0:
             atomic_write_text(self.out / "config.json", self.config.to_json())
             atomic_write_text(self.out / "split.json", json.dumps({"seed": self.tc.split_seed, **self.split_keys}))
-        self.check_bf16(self.state)  # trained weights (--init-from, --resume) may already be too steep
         return self.state
 
     def _init_from(self, path: str) -> None:
@@ -421,28 +392,6 @@ class AutoencoderTask:
     def checkpoint(self, state: RunState) -> None:
         self.save(self.out / "last.pt", state)
 
-    def check_bf16(self, state: RunState) -> None:
-        """While bf16 autocast is on (checked at the start and after every epoch): measure
-        :func:`bf16_gradient_cosine` on a fixed probe of training molecules; below
-        :data:`BF16_MIN_COSINE` the rest of the run is float32 (said in the log and in the
-        checkpoint metadata, ``bf16_off``). Every rank decides for itself."""
-        if not self.use_amp:
-            return
-        size = self.tc.batch_size
-        ids = seeded_subset(np.asarray(self.train_ids), BF16_PROBE_BATCHES * size, self.tc.seed + 7)
-        gen = torch.Generator().manual_seed(self.tc.seed + 7)
-        probe = []
-        for k in range(0, len(ids), size):
-            target = batch_from_set(self.data, ids[k:k + size])
-            noise = torch.randn(target.pos.shape, generator=gen) if self.tc.coord_noise > 0 else None
-            probe.append((target.to(self.device), None if noise is None else noise.to(self.device)))
-        cosine = bf16_gradient_cosine(self.model, probe, self.tc)
-        if cosine < BF16_MIN_COSINE:
-            self.use_amp = False
-            self.meta["bf16_off"] = {"step": state.step, "gradient_cosine": round(cosine, 4)}
-            self.log(f"bf16 autocast off from step {state.step}: its gradient's cosine to float32's is "
-                     f"{cosine:.3f} (< {BF16_MIN_COSINE}); the model is now too steep for bf16, the rest is float32")
-
     def time_limit_reached(self, state: RunState) -> None:
         if state.history and self.rank0:
             write_learning_curve(state.history, self.out / "learning_curve.png")
@@ -452,7 +401,6 @@ class AutoencoderTask:
     def end_epoch(self, state: RunState, train_loss: float) -> bool:
         """Validate (rank 0), append the metrics row, save best.pt / last.pt, metrics.csv and the curve."""
         state.epoch_seed = int(self.np_rng.integers(2**31))
-        self.check_bf16(state)
         t0 = time.time()
         nan = float("nan")
         val = validate(self.model, self.data, self.val_ids, self.config, self.device) \

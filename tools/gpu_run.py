@@ -11,9 +11,8 @@ at least its first batch size whatever the time):
    device (TF32 off): |loss difference| and the largest gradient difference relative to the
    largest gradient must be <= ``--tolerance``; then the same under bf16 autocast must give a
    finite loss and finite gradients; the validation rmsd of the starting weights. → ``check.json``.
-   If bf16 fails, or its gradient's cosine to the fp32 one is below ``BF16_MIN_COSINE`` (a
-   trained model's bf16 gradient can point elsewhere), the sweep and the training run in fp32
-   (the run goes on: finding that out is what the check is for).
+   If bf16 fails, the sweep and the training run in fp32 (the run goes on: finding that out is
+   what the check is for). The cosine between the bf16 and fp32 gradients is recorded.
 2. sweep: training steps (as ``molgiae.training.train`` takes them) at each batch size, a few
    after warm-up; conformers/s with and without building the batch, peak device memory. The
    chosen batch size is the smallest whose conformers/s is within ``--within`` of the best
@@ -61,7 +60,7 @@ from molgiae.data.split import split_ids  # noqa: E402
 from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss  # noqa: E402
 from molgiae.outputs import atomic_output, atomic_write_text  # noqa: E402
 from molgiae.train.distributed import hardware_description, select_device  # noqa: E402
-from molgiae.training import BF16_MIN_COSINE, train, validate  # noqa: E402
+from molgiae.training import train, validate  # noqa: E402
 
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 
@@ -145,7 +144,7 @@ def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
         g_bf16 = grads(model)
         bf16_finite = bool(torch.isfinite(loss_bf16).item() and all(torch.isfinite(g).all() for g in g_bf16.values()))
         loss_bf16 = float(loss_bf16.detach())
-        bf16_cos = gradient_cosine(g_bf16, g_dev)
+        bf16_cos = gradient_cosine(g_bf16, g_dev)  # recorded, not acted on (README, "CPU switches")
     except RuntimeError as exc:
         bf16_error, bf16_finite, loss_bf16 = f"{type(exc).__name__}: {exc}", False, float("nan")
         bf16_cos = float("nan")
@@ -353,10 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
     if amp and result["bf16_error"]:
         amp = False
         log(f"bf16 autocast failed ({result['bf16_error'].splitlines()[0]}): sweep and training in fp32")
-    elif amp and not result["bf16_grad_cosine"] >= BF16_MIN_COSINE:
-        amp = False
-        log(f"bf16 gradient disagrees with fp32 (cosine {result['bf16_grad_cosine']:.3f} < {BF16_MIN_COSINE}): "
-            "sweep and training in fp32")
+    if amp:
+        log(f"bf16 gradient vs fp32 on the check batch: cosine {result['bf16_grad_cosine']:.3f} (a diagnostic: "
+            "low on a trained model, yet equal-step CPU runs ended within 0.005 Å)")
     summary["amp_bf16"] = amp
 
     # 2. sweep
