@@ -78,7 +78,7 @@ def main() -> None:
         wait = float("nan")
         if args.workers > 0:
             loader = torch.utils.data.DataLoader(
-                [(c, 1.0, len(c)) for c in batches[args.steps + 2:]], batch_size=None, collate_fn=_Collate(data),
+                [(c, 1.0, len(c), np.zeros((0, 2), dtype=np.int64)) for c in batches[args.steps + 2:]], batch_size=None, collate_fn=_Collate(data),
                 num_workers=args.workers, pin_memory=device.type == "cuda", prefetch_factor=4)
             it = iter(loader)
             next(it)  # worker start-up

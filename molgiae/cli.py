@@ -115,6 +115,10 @@ def train(
     lambda_denoise: Optional[float] = typer.Option(None, "--lambda-denoise", help="Weight of the atom-level "
                                                    "denoising term: the noise head predicts --coord-noise's noise "
                                                    "(default: 0)."),
+    lambda_conformer: Optional[float] = typer.Option(None, "--lambda-conformer", help="Weight of the "
+                                                     "conformer-metric term: for conformers of one molecule in a "
+                                                     "batch, |z_a - z_b| proportional to their aligned rmsd "
+                                                     "(default: 0; needs multi-conformer data)."),
     cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on the CPU "
                                             "(as on CUDA; faster on CPUs with AMX / AVX-512 BF16; default: off)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "

@@ -82,6 +82,9 @@ class TrainConfig:
     # weight of the atom-level denoising term (training.noise_prediction_loss; needs coord_noise > 0
     # and ModelConfig.noise_head)
     lambda_denoise: float = 0.0
+    # weight of the conformer-metric term (training.conformer_metric): for pairs of conformers of
+    # one molecule, code distance proportional to aligned rmsd; needs molecules with several conformers
+    lambda_conformer: float = 0.0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0
@@ -113,6 +116,8 @@ class TrainConfig:
         if self.lambda_denoise > 0 and not self.coord_noise > 0:
             raise ValueError(f"lambda_denoise {self.lambda_denoise} needs coord_noise > 0 (the term predicts "
                              f"the noise added to the input coordinates); pass --coord-noise too")
+        if self.lambda_conformer < 0:
+            raise ValueError(f"lambda_conformer must be >= 0, not {self.lambda_conformer}")
         if self.lambda_smooth > 0 and not self.coord_noise > 0:
             raise ValueError(f"lambda_smooth {self.lambda_smooth} needs coord_noise > 0 (the term measures how far "
                              f"that noise moves z); without it the term would be silently off")

@@ -77,8 +77,22 @@ class _Collate:
         self.data = data
 
     def __call__(self, item):
-        ids, weight, n_global = item
-        return batch_from_set(self.data, ids), weight, n_global
+        ids, weight, n_global, pairs = item
+        return batch_from_set(self.data, ids), weight, n_global, torch.from_numpy(pairs)
+
+
+def conformer_siblings(keys: np.ndarray, ids: np.ndarray) -> dict[int, np.ndarray]:
+    """For each of ``ids`` whose molecule key has other conformers among ``ids``: that key's conformer ids."""
+    ids = np.asarray(ids)
+    order = np.argsort(keys[ids], kind="stable")
+    sorted_ids, sorted_keys = ids[order], keys[ids][order]
+    bounds = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1], True])
+    out: dict[int, np.ndarray] = {}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a > 1:
+            group = sorted_ids[a:b]
+            out.update({int(i): group for i in group})
+    return out
 
 
 # ----------------------------------------------------------------------------- objective terms
@@ -96,13 +110,44 @@ def code_smoothness(noisy_z: torch.Tensor, clean_z: torch.Tensor) -> torch.Tenso
     return ((noisy_z.float() - clean_z) ** 2).sum(-1).mean() / spread.clamp_min(1e-12)
 
 
+def aligned_pair_rmsd(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rmsd after the best rotation (Kabsch, proper rotations only) of conformer pairs given in the
+    same atom order: a, b [P, N, 3], mask [P, N] → [P]."""
+    m = mask.to(a.dtype).unsqueeze(-1)
+    n = m.sum(1).clamp_min(1.0)  # [P, 1]
+    a = (a - (a * m).sum(1, keepdim=True) / n.unsqueeze(1)) * m
+    b = (b - (b * m).sum(1, keepdim=True) / n.unsqueeze(1)) * m
+    u, sv, vt = torch.linalg.svd(a.transpose(1, 2) @ b)
+    d = torch.sign(torch.linalg.det(u @ vt))
+    overlap = sv[:, 0] + sv[:, 1] + d * sv[:, 2]
+    msd = ((a ** 2).sum((1, 2)) + (b ** 2).sum((1, 2)) - 2 * overlap) / n.squeeze(-1)
+    return msd.clamp_min(0.0).sqrt()
+
+
+def conformer_metric(z: torch.Tensor, pairs: torch.Tensor, rmsd: torch.Tensor) -> torch.Tensor:
+    """Variance over conformer pairs of ``log(|z_a − z_b| / rmsd_ab)``: 0 exactly when code distance
+    is proportional to aligned rmsd (one constant for the batch), whatever the scale of z.
+
+    z [B, D], pairs [P, 2] (rows of z), rmsd [P] (Å) → scalar; 0 for fewer than 2 pairs."""
+    if len(pairs) < 2:
+        return z.sum() * 0.0
+    dz = (z[pairs[:, 0]] - z[pairs[:, 1]]).float().pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    return (dz.log() - rmsd.float().log()).var(unbiased=False)
+
+
+#: pairs closer than this (Å) are left out of the conformer-metric term (near-duplicates, whose
+#: log-ratio would be dominated by noise)
+MIN_PAIR_RMSD = 0.05
+
+
 def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolecules, noise: torch.Tensor | None,
-                       tc: TrainConfig, bf16: bool) -> torch.Tensor:
+                       tc: TrainConfig, bf16: bool, pairs: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of one batch: reconstruction of the clean ``target`` from the input moved
     by ``tc.coord_noise * noise`` ([B, N, 3] standard normal, or None without noise), plus
-    ``lambda_smooth`` × :func:`code_smoothness` and ``lambda_denoise`` × :func:`noise_prediction_loss`.
-    ``net`` runs the forward (the model, or its DDP wrapper), ``model.encode`` the clean code;
-    ``bf16``: under bf16 autocast. → scalar."""
+    ``lambda_smooth`` × :func:`code_smoothness`, ``lambda_denoise`` × :func:`noise_prediction_loss`
+    and ``lambda_conformer`` × :func:`conformer_metric` over ``pairs`` [P, 2] (rows of the batch
+    that are conformers of one molecule). ``net`` runs the forward (the model, or its DDP wrapper),
+    ``model.encode`` the clean code; ``bf16``: under bf16 autocast. → scalar."""
     mols = target
     if tc.coord_noise > 0:
         mols = target.with_pos(target.pos + tc.coord_noise * noise * target.mask.unsqueeze(-1))
@@ -115,6 +160,11 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
         loss = loss + tc.lambda_smooth * code_smoothness(out.encoding.z, clean_z)
     if tc.lambda_denoise > 0:  # coord_noise > 0 and a noise head: checked at the start
         loss = loss + tc.lambda_denoise * noise_prediction_loss(out.encoding.atom_noise, noise, target.mask)
+    if tc.lambda_conformer > 0 and pairs is not None and len(pairs) >= 2:
+        with torch.no_grad():
+            rmsd = aligned_pair_rmsd(target.pos[pairs[:, 0]], target.pos[pairs[:, 1]], target.mask[pairs[:, 0]])
+        keep = rmsd >= MIN_PAIR_RMSD
+        loss = loss + tc.lambda_conformer * conformer_metric(out.encoding.z, pairs[keep], rmsd[keep])
     return loss
 
 
@@ -248,6 +298,15 @@ class AutoencoderTask:
         self.train_ids, self.val_ids = training_ids(config, data, splits, log)
         if tc.lambda_denoise > 0 and not config.model.noise_head:
             raise ValueError("lambda_denoise needs a model with a noise head (--noise-head)")
+        self.siblings = conformer_siblings(data.keys, self.train_ids) if tc.lambda_conformer > 0 else {}
+        if tc.lambda_conformer > 0:
+            if dist_info.enabled:
+                raise ValueError("--lambda-conformer is not supported under torchrun yet (its pairs would be split "
+                                 "across processes); train on one process")
+            if not self.siblings:
+                raise ValueError("--lambda-conformer needs molecules with several conformers in the training split "
+                                 "(e.g. a store from `molgiae data prepare` on conformer ensembles)")
+            log(f"conformer-metric term: {len(self.siblings)} training conformers have another conformer of their molecule")
         self.sampling = tc.conformer_sampling != "all"
         self.weights = conformer_weights(data) if tc.conformer_sampling == "boltzmann" else None
         if self.weights is not None and getattr(data, "weights", None) is None \
@@ -357,13 +416,20 @@ class AutoencoderTask:
         if self.sampling:
             ids = sample_conformers(self.data.keys, self.weights, ids, self.tc.conformer_sampling, rng)
         batches = bucketed_batches(self.data.n_atoms, ids, self.tc.batch_size, rng)
+        with_pairs = [self.with_siblings(chunk, np.random.default_rng([state.epoch_seed, k]))
+                      for k, chunk in enumerate(batches)] if self.siblings else None
         items = []
-        for chunk in batches[state.epoch_step:]:
+        no_pairs = np.zeros((0, 2), dtype=np.int64)
+        for k in range(state.epoch_step, len(batches)):
+            chunk = batches[k]
             if self.dist.enabled:
                 local, weight = rank_share(chunk, self.dist.rank, self.dist.world_size, self.data.n_atoms)
-                items.append((local, weight, len(chunk)))
+                items.append((local, weight, len(chunk), no_pairs))
+            elif with_pairs is not None:
+                ids_k, pairs_k = with_pairs[k]
+                items.append((ids_k, 1.0, len(chunk), pairs_k))
             else:
-                items.append((chunk, 1.0, len(chunk)))
+                items.append((chunk, 1.0, len(chunk), no_pairs))
         collate = _Collate(self.data)
         if self.tc.num_workers == 0:
             return len(batches), map(collate, items)
@@ -372,13 +438,25 @@ class AutoencoderTask:
             pin_memory=self.device.type == "cuda", prefetch_factor=4,
         )
 
+    def with_siblings(self, chunk: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(``chunk`` plus one other training conformer of the same molecule for up to half of its
+        conformers that have one, pairs [P, 2] of rows of the result) for the conformer-metric
+        term. A sibling has the same atoms, so it pads nothing."""
+        have = [i for i in chunk.tolist() if i in self.siblings]
+        have = have[: max(len(chunk) // 2, 2)] if len(have) > 1 else []
+        partners = [int(rng.choice(self.siblings[i][self.siblings[i] != i])) for i in have]
+        rows = {int(i): r for r, i in enumerate(chunk.tolist())}
+        ids = np.concatenate([chunk, np.asarray(partners, dtype=chunk.dtype)])
+        pairs = np.array([[rows[i], len(chunk) + k] for k, i in enumerate(have)], dtype=np.int64).reshape(-1, 2)
+        return ids, pairs
+
     def loss(self, item) -> tuple[torch.Tensor, float, int]:
         """Reconstruction loss of the clean conformer from (optionally) noisy coordinates, plus
         ``lambda_smooth`` times :func:`code_smoothness` (:func:`training_objective`)."""
-        batch, weight, n_molecules = item
+        batch, weight, n_molecules, pairs = item
         target = batch.to(self.device, non_blocking=True)
         noise = self._noise(target.pos) if self.tc.coord_noise > 0 else None
-        loss = training_objective(self.net, self.model, target, noise, self.tc, self.use_amp)
+        loss = training_objective(self.net, self.model, target, noise, self.tc, self.use_amp, pairs.to(self.device))
         return loss, weight, n_molecules
 
     def _noise(self, pos: torch.Tensor) -> torch.Tensor:

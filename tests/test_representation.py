@@ -3,6 +3,7 @@ legacy settings of older checkpoints, and warm starts (``--init-from``)."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from molgiae.config import Config, ModelConfig, TrainConfig
@@ -225,3 +226,89 @@ def test_cpu_bf16_training_runs_under_autocast_and_stays_close_to_float32(tmp_pa
         assert abs(a["train_loss"] - b["train_loss"]) < 0.05 * a["train_loss"]
         assert abs(a["val_rmsd"] - b["val_rmsd"]) < 0.05 * a["val_rmsd"]
 
+
+
+# ----------------------------------------------------------------------------- conformer-metric term
+def test_aligned_pair_rmsd_matches_kabsch_and_ignores_rigid_motion():
+    from molgiae.metrics import kabsch_rmsd
+    from molgiae.training import aligned_pair_rmsd
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 7, 3, generator=g, dtype=torch.float64)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    R, t, _ = random_action(7, torch.float64)
+    moved = a @ R.T + t
+    assert aligned_pair_rmsd(a, moved, mask).abs().max() < 1e-6  # sqrt of a rounding-level msd
+    b = a + 0.3 * torch.randn(4, 7, 3, generator=g, dtype=torch.float64)
+    got = aligned_pair_rmsd(a, b @ R.T, mask)
+    for p in range(4):
+        n = int(mask[p].sum())
+        want = kabsch_rmsd(b[p, :n].numpy(), a[p, :n].numpy())[0]
+        assert abs(float(got[p]) - want) < 1e-8
+    mirror = a * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)  # a mirror image is not a rotation
+    assert (aligned_pair_rmsd(a, mirror, mask) > 0.1).all()
+
+
+def test_conformer_metric_is_zero_for_proportional_distances_and_scale_free():
+    from molgiae.training import conformer_metric
+
+    rmsd = torch.tensor([0.2, 0.5, 1.0, 1.5], dtype=torch.float64)
+    pairs = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]])
+    z = torch.zeros(8, 3, dtype=torch.float64)
+    z[1::2, 0] = 3.0 * rmsd  # |z_a - z_b| = 3 rmsd for every pair
+    assert float(conformer_metric(z, pairs, rmsd)) < 1e-10
+    z[7, 0] = 1.0  # the last pair now too close
+    bad = float(conformer_metric(z, pairs, rmsd))
+    assert bad > 0.1
+    assert abs(float(conformer_metric(5 * z, pairs, rmsd)) - bad) < 1e-6  # shrinking or growing z changes nothing
+    assert float(conformer_metric(z, pairs[:1], rmsd[:1])) == 0.0
+
+
+def _with_siblings(data, n_molecules: int, shift: float):
+    """``data`` plus a distorted copy of its first ``n_molecules`` (same keys: conformers of one molecule)."""
+    from molgiae.data.conformers import ConformerSet
+
+    copy = data.subset(np.arange(n_molecules))
+    moved = copy.coords + shift * np.random.default_rng(1).standard_normal(copy.coords.shape)
+    return ConformerSet(elements=np.concatenate([data.elements, copy.elements]),
+                        coords=np.concatenate([data.coords, moved]).astype(np.float32),
+                        ptr=np.r_[data.ptr, data.ptr[-1] + copy.ptr[1:]].astype(np.int64),
+                        keys=np.concatenate([data.keys, copy.keys]), names=np.concatenate([data.names, copy.names]))
+
+
+def test_conformer_siblings_and_batches_with_partners(tmp_path):
+    from molgiae.training import AutoencoderTask, conformer_siblings
+    from molgiae.train.distributed import DistInfo
+
+    keys = np.array([5, 7, 5, 9, 7, 7])
+    sib = conformer_siblings(keys, np.array([0, 1, 2, 3, 4, 5]))
+    assert sorted(sib) == [0, 1, 2, 4, 5] and set(sib[1].tolist()) == {1, 4, 5}
+    assert set(conformer_siblings(keys, np.array([0, 1, 3])).keys()) == set()  # siblings outside the ids do not count
+
+    data = _with_siblings(DATA, 60, 0.3)
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
+                 TrainConfig(epochs=1, batch_size=16, lambda_conformer=1.0))
+    task = AutoencoderTask(cfg, data, split_ids(data.keys, 0.1, 0.1, 0), tmp_path, torch.device("cpu"),
+                           DistInfo(), None, lambda m: None, quiet=True)
+    _, inputs = task.epoch_inputs(task.state)
+    n_pairs = 0
+    for batch, weight, n, pairs in inputs:
+        assert len(batch.numbers) == n + len(pairs)
+        for a, b in pairs.tolist():
+            assert torch.equal(batch.numbers[a], batch.numbers[b])  # the same molecule, the same atoms
+            assert not torch.equal(batch.pos[a], batch.pos[b])
+        n_pairs += len(pairs)
+    assert n_pairs >= 20
+
+
+def test_training_with_the_conformer_metric_runs_and_needs_siblings(tmp_path):
+    messages = []
+    data = _with_siblings(DATA, 60, 0.3)
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
+                 TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_steps=1, lambda_conformer=1.0))
+    state = train(cfg, data, split_ids(data.keys, 0.1, 0.1, 0), tmp_path / "run", quiet=True, log=messages.append)
+    assert state.step > 0 and math.isfinite(state.history[-1]["train_loss"])
+    assert any(m.startswith("conformer-metric term:") for m in messages)
+    with pytest.raises(ValueError, match="several conformers"):
+        train(cfg, DATA, split_ids(DATA.keys, 0.1, 0.1, 0), tmp_path / "none", quiet=True, log=lambda m: None)
