@@ -19,13 +19,15 @@ import torch
 from molgiae.checkpoint import load_checkpoint, model_from_checkpoint
 from molgiae.data.batching import batch_from_set
 from molgiae.data.conformers import load_qm9_npz
-from molgiae.config import ModelConfig
-from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
-from molgiae.training import code_smoothness
+from molgiae.config import ModelConfig, TrainConfig
+from molgiae.model import GroupInvariantAutoencoder
+from molgiae.training import training_objective
 
 
-def loss_and_grad(model, mols, target, parts: set[str], shift: float = 0.0):
-    """(loss, flat gradient) with bf16 autocast around the named ``parts`` (encoder, decoder)."""
+def loss_and_grad(model, target, noise, parts: set[str], shift: float = 0.0):
+    """(loss, flat gradient) of :func:`molgiae.training.training_objective` (σ = 0.1 Å, smoothness
+    weight 1) with bf16 autocast around the named ``parts`` (encoder, decoder); ``shift`` moves the
+    noisy input by that many Å more (a fixed Gaussian draw)."""
     def maybe_bf16(module, name):
         forward = module.forward
 
@@ -33,17 +35,14 @@ def loss_and_grad(model, mols, target, parts: set[str], shift: float = 0.0):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in parts):
                 return forward(*args, **kwargs)
         return wrapped
+    tc = TrainConfig(coord_noise=0.1, lambda_smooth=1.0)
+    if shift:
+        noise = noise + shift / tc.coord_noise * torch.randn(noise.shape, generator=torch.Generator().manual_seed(9))
     saved = model.encoder.forward, model.decoder.forward
     model.encoder.forward, model.decoder.forward = maybe_bf16(model.encoder, "encoder"), maybe_bf16(model.decoder, "decoder")
     try:
-        if shift:
-            g = torch.Generator().manual_seed(9)
-            mols = mols.with_pos(mols.pos + shift * torch.randn(mols.pos.shape, generator=g) * mols.mask.unsqueeze(-1))
         model.zero_grad()
-        out = model(mols, permutation="straight_through", tau=0.3)
-        with torch.no_grad():
-            clean = model.encode(target).z
-        loss = reconstruction_loss(out, target)["loss"] + code_smoothness(out.encoding.z, clean)
+        loss = training_objective(model, model, target, noise, tc, bf16=False)
         loss.backward()
         return float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     finally:
@@ -70,11 +69,10 @@ def main() -> None:
     for b in range(args.batches):
         target = batch_from_set(data, np.sort(rng.choice(len(data), 32, replace=False)))
         noise = torch.randn(target.pos.shape, generator=torch.Generator().manual_seed(b))
-        mols = target.with_pos(target.pos + 0.1 * noise * target.mask.unsqueeze(-1))
-        ref_loss, ref = loss_and_grad(model, mols, target, set())
+        ref_loss, ref = loss_and_grad(model, target, noise, set())
         line = [f"batch {b}: float32 loss {ref_loss:.4f}"]
         for name, (parts, shift) in variants.items():
-            loss, grad = loss_and_grad(model, mols, target, parts, shift)
+            loss, grad = loss_and_grad(model, target, noise, parts, shift)
             cos = float(torch.nn.functional.cosine_similarity(grad, ref, dim=0))
             line.append(f"{name}: loss {loss:.4f} cos {cos:.3f} norm {float(grad.norm() / ref.norm()):.2f}")
         print(" | ".join(line), flush=True)

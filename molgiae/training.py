@@ -416,20 +416,15 @@ class AutoencoderTask:
         if self.sampling:
             ids = sample_conformers(self.data.keys, self.weights, ids, self.tc.conformer_sampling, rng)
         batches = bucketed_batches(self.data.n_atoms, ids, self.tc.batch_size, rng)
-        with_pairs = [self.with_siblings(chunk, np.random.default_rng([state.epoch_seed, k]))
-                      for k, chunk in enumerate(batches)] if self.siblings else None
         items = []
-        no_pairs = np.zeros((0, 2), dtype=np.int64)
-        for k in range(state.epoch_step, len(batches)):
+        for k in range(state.epoch_step, len(batches)):  # batch k's partners: seeded by (epoch, k), resumable
             chunk = batches[k]
             if self.dist.enabled:
                 local, weight = rank_share(chunk, self.dist.rank, self.dist.world_size, self.data.n_atoms)
-                items.append((local, weight, len(chunk), no_pairs))
-            elif with_pairs is not None:
-                ids_k, pairs_k = with_pairs[k]
-                items.append((ids_k, 1.0, len(chunk), pairs_k))
+                items.append((local, weight, len(chunk), np.zeros((0, 2), dtype=np.int64)))
             else:
-                items.append((chunk, 1.0, len(chunk), no_pairs))
+                ids_k, pairs = self.with_siblings(chunk, [state.epoch_seed, k])
+                items.append((ids_k, 1.0, len(chunk), pairs))
         collate = _Collate(self.data)
         if self.tc.num_workers == 0:
             return len(batches), map(collate, items)
@@ -438,10 +433,14 @@ class AutoencoderTask:
             pin_memory=self.device.type == "cuda", prefetch_factor=4,
         )
 
-    def with_siblings(self, chunk: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(``chunk`` plus one other training conformer of the same molecule for up to half of its
-        conformers that have one, pairs [P, 2] of rows of the result) for the conformer-metric
-        term. A sibling has the same atoms, so it pads nothing."""
+    def with_siblings(self, chunk: np.ndarray, seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(``chunk`` plus one other training conformer of the same molecule, drawn with ``seed``, for
+        up to half of its conformers that have one, pairs [P, 2] of rows of the result) for the
+        conformer-metric term; ``chunk`` and no pairs without the term. A sibling has the same
+        atoms, so it pads nothing."""
+        if not self.siblings:
+            return chunk, np.zeros((0, 2), dtype=np.int64)
+        rng = np.random.default_rng(seed)
         have = [i for i in chunk.tolist() if i in self.siblings]
         have = have[: max(len(chunk) // 2, 2)] if len(have) > 1 else []
         partners = [int(rng.choice(self.siblings[i][self.siblings[i] != i])) for i in have]

@@ -110,7 +110,6 @@ def gradient_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return float(torch.nn.functional.cosine_similarity(va, vb, dim=0))
 
 
-
 # ----------------------------------------------------------------------------- 1. check
 def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
     tc = config.train

@@ -24,7 +24,9 @@ import time
 
 import numpy as np
 
+from molgiae.config import TrainConfig
 from molgiae.data.conformers import load_qm9_npz
+from molgiae.data.molecules import rdkit_molecule
 from molgiae.data.split import split_ids
 
 KT = 0.0019872043 * 298.15  # kcal/mol at 298.15 K
@@ -51,10 +53,7 @@ def perceive(z: np.ndarray, x: np.ndarray, smiles: str):
     """RDKit molecule with bonds and stereo from the DFT geometry, or (None, reason)."""
     from rdkit import Chem
     from rdkit.Chem import rdDetermineBonds
-    pt = Chem.GetPeriodicTable()
-    block = f"{len(z)}\n\n" + "".join(
-        "%s %.10f %.10f %.10f\n" % (pt.GetElementSymbol(int(a)), *p) for a, p in zip(z, x))
-    mol = Chem.MolFromXYZBlock(block)
+    mol = rdkit_molecule(z, x)
     try:
         rdDetermineBonds.DetermineBonds(mol, charge=0)
         Chem.SanitizeMol(mol)
@@ -107,8 +106,10 @@ def ensemble(mol, seed: int, n_embed: int, n_keep: int):
 
 
 def choose_molecules(data, n: int, exclude: set[int], seed: int) -> np.ndarray:
-    """Row ids of ``n`` training-split molecules of ``data`` not in ``exclude`` (seeded, sorted)."""
-    train = split_ids(data.keys, 0.05, 0.05, 0)["train"]
+    """Row ids of ``n`` molecules of the default training split of ``data`` (``molgiae train``'s
+    fractions and split seed) not in ``exclude`` (seeded, sorted)."""
+    tc = TrainConfig()
+    train = split_ids(data.keys, tc.val_fraction, tc.test_fraction, tc.split_seed)["train"]
     train = train[~np.isin(data.keys[train], list(exclude))]
     return np.sort(np.random.default_rng(seed).choice(train, min(n, len(train)), replace=False))
 
