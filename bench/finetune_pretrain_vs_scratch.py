@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--freeze-encoder", action="store_true", help="train only the head (both inits)")
     ap.add_argument("--encoder-lr-ratio", type=float, default=1.0,
                     help="pretrained encoder's learning rate / the head's (scratch: 1)")
+    ap.add_argument("--atom-reference", choices=["element", "mean"], default="element",
+                    help="extensive targets: per-element offsets fitted on the training labels, or one per-atom mean")
     ap.add_argument("--max-test", type=int, default=2000, help="test on a fixed subset of N molecules (0 = all)")
     ap.add_argument("--max-val", type=int, default=1000, help="validate on a fixed subset of N molecules (0 = all)")
     ap.add_argument("--threads", type=int, default=1)
@@ -101,7 +103,7 @@ def main() -> None:
             t1 = time.time()
             part = compare(data, target, args.out / f"{target}-f{fraction:g}", args.pretrained, seeds=args.seeds,
                            freeze_encoder=args.freeze_encoder, encoder_lr_ratio=args.encoder_lr_ratio,
-                           fraction=fraction, epochs=args.epochs, device=args.device,
+                           atom_reference=args.atom_reference, fraction=fraction, epochs=args.epochs, device=args.device,
                            batch_size=args.batch_size, lr=args.lr, patience=args.patience, max_val=args.max_val,
                            max_test=args.max_test, quiet=True)
             rows += part
@@ -133,7 +135,7 @@ def main() -> None:
         f"(early stopping): {n_val} molecules",
         f"- seeds {args.seeds}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr} (warm-up + cosine), "
         f"L1 on standardised targets, patience {args.patience}; frozen encoder: {args.freeze_encoder}; "
-        f"pretrained encoder lr ratio {args.encoder_lr_ratio}",
+        f"pretrained encoder lr ratio {args.encoder_lr_ratio}; atom reference {args.atom_reference}",
         f"- hardware: {hw}; total wall time {wall / 60:.1f} min",
         "",
         "Test MAE, mean ± sample std over seeds:",

@@ -507,7 +507,7 @@ _TARGET_LIST = "mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, Cv"
 
 
 def _check_finetune_options(fraction: float, lr: float, compare_runs: bool, scratch: bool,
-                            minimums: dict[str, tuple[int, int]]) -> None:
+                            minimums: dict[str, tuple[int, int]], atom_reference: str = "element") -> None:
     """Fail on a fine-tuning option out of range (``minimums``: option -> (value, lowest allowed))."""
     if not 0.0 < fraction <= 1.0:
         fail(f"--fraction must be in (0, 1] (a share of the training split), got {fraction}")
@@ -516,6 +516,8 @@ def _check_finetune_options(fraction: float, lr: float, compare_runs: bool, scra
             fail(f"{name} must be >= {low}, got {value}")
     if not lr > 0:
         fail(f"--lr must be > 0, got {lr}")
+    if atom_reference not in ("element", "mean"):
+        fail(f"--atom-reference must be 'element' or 'mean', got {atom_reference!r}")
     if compare_runs and scratch:
         fail("--compare runs both the pretrained and the scratch model; drop --scratch")
 
@@ -575,6 +577,9 @@ def finetune_cmd(
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the atom-wise head."),
     encoder_lr_ratio: float = typer.Option(1.0, "--encoder-lr-ratio", help="The pretrained encoder's learning "
                                            "rate as a fraction of --lr (the head's); scratch runs use 1."),
+    atom_reference: str = typer.Option("element", "--atom-reference", help="Extensive targets (U0, alpha, Cv, ...): "
+                                       "'element' fits a per-element offset to the training labels by least "
+                                       "squares on element counts; 'mean' uses one per-atom mean."),
     epochs: int = typer.Option(30, "--epochs", help="Epochs (warm-up + cosine schedule over them)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the head initialisation, training subset and batch order."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
@@ -605,7 +610,8 @@ def finetune_cmd(
     except ValueError as exc:
         fail(str(exc))
     _check_finetune_options(fraction, lr, compare_runs, scratch, {"--epochs": (epochs, 1), "--batch-size": (batch_size, 1),
-                            "--patience": (patience, 0), "--max-val": (max_val, 0), "--max-test": (max_test, 0)})
+                            "--patience": (patience, 0), "--max-val": (max_val, 0), "--max-test": (max_test, 0)},
+                            atom_reference)
     pretrained = _finetune_start(pretrained, scratch)
     missing = [str(p) for p in data if not p.exists()]
     if missing:
@@ -616,7 +622,8 @@ def finetune_cmd(
     dataset = _finetune_data(data, threads, quiet)
     options = dict(fraction=fraction, epochs=epochs, device=device, batch_size=batch_size, lr=lr, patience=patience,
                    freeze_encoder=freeze_encoder, max_val=max_val, max_test=max_test, quiet=quiet,
-                   metadata={"data": [Path(p).name for p in data]}, encoder_lr_ratio=encoder_lr_ratio if not scratch else 1.0)
+                   metadata={"data": [Path(p).name for p in data]}, encoder_lr_ratio=encoder_lr_ratio if not scratch else 1.0,
+                   atom_reference=atom_reference)
     try:
         if compare_runs:
             from molgiae.finetune.compare import compare, markdown_table, summarize

@@ -95,6 +95,7 @@ def compare(
     seeds: Sequence[int] = (0,),
     freeze_encoder: bool = False,
     encoder_lr_ratio: float = 1.0,
+    atom_reference: str = "element",
     fraction: float = 1.0,
     epochs: int = 30,
     device: str = "auto",
@@ -122,7 +123,7 @@ def compare(
     for seed in seeds:
         for init in ("pretrained", "scratch"):
             res = finetune(data, target, out / f"{init}-seed{seed}", pretrained=pretrained, scratch=init == "scratch",
-                           freeze_encoder=freeze_encoder, fraction=fraction,
+                           freeze_encoder=freeze_encoder, fraction=fraction, atom_reference=atom_reference,
                            encoder_lr_ratio=encoder_lr_ratio if init == "pretrained" else 1.0, epochs=epochs, seed=seed, device=device,
                            batch_size=batch_size, lr=lr, patience=patience, max_val=max_val, max_test=max_test,
                            quiet=quiet, metadata=metadata, log=log)

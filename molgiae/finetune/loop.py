@@ -47,7 +47,7 @@ from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batche
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import seeded_subset, split_ids
 from molgiae.data.targets import get_target, target_values
-from molgiae.finetune.model import PropertyModel, property_checkpoint
+from molgiae.finetune.model import ATOM_REFERENCES, PropertyModel, element_count_matrix, property_checkpoint
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
 from molgiae.train.distributed import DistInfo, setup_distributed, shard_batch, training_device, wrap_ddp
 from molgiae.train.engine import Engine, RunState
@@ -77,6 +77,8 @@ class FinetuneConfig:
     freeze_encoder: bool = False
     # the encoder's learning rate as a fraction of the head's (pretrained encoders keep what they learnt)
     encoder_lr_ratio: float = 1.0
+    # sum-pooled targets: per-element offsets fitted on the training labels, or one per-atom mean
+    atom_reference: str = "element"
     max_val: int = 0  # 0 = the whole validation split
     max_test: int = 0  # 0 = the whole test split
     device: str = "auto"
@@ -95,6 +97,8 @@ class FinetuneConfig:
             raise ValueError(f"encoder_lr_ratio must be in (0, 1], got {self.encoder_lr_ratio}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.atom_reference not in ATOM_REFERENCES:
+            raise ValueError(f"atom_reference must be one of {ATOM_REFERENCES}, not {self.atom_reference!r}")
         if self.loss not in ("l1", "mse"):
             raise ValueError(f"loss must be 'l1' or 'mse', not {self.loss!r}")
         if self.max_val < 0 or self.max_test < 0:
@@ -251,7 +255,7 @@ class PropertyTask:
         weight = len(local) / len(chunk)
         local = local if len(local) else chunk[:1]
         mols = batch_from_set(self.data, local, targets=self.targets).to(self.device)
-        t = self.model.standardise(mols.y, mols.n_atoms)
+        t = self.model.standardise(mols.y, mols)
         return self.loss_fn(self.net(mols), t), weight, len(chunk)
 
     def checkpoint(self, state: RunState) -> None:
@@ -297,14 +301,16 @@ def _check_vocabulary(data: ConformerSet, splits: dict[str, np.ndarray], element
 
 
 def _property_model(cfg: FinetuneConfig, ae_config: Config, ae_ckpt: dict | None, train_labels: np.ndarray,
-                    train_n_atoms: np.ndarray, device: torch.device) -> PropertyModel:
+                    train_elements: list[np.ndarray], device: torch.device) -> PropertyModel:
     """The model to fine-tune: the checkpoint's encoder (or a fresh one of its architecture), a new
-    head standardised on the training labels; the encoder frozen if asked."""
+    head standardised on the training labels (``train_elements``: each training molecule's atomic
+    numbers); the encoder frozen if asked."""
     if ae_ckpt is not None:
         model = PropertyModel.from_autoencoder(ae_ckpt, cfg.target, cfg.seed)
     else:
         model = PropertyModel.from_scratch(ae_config.model, cfg.target, cfg.seed)
-    model.set_standardisation(train_labels, train_n_atoms)
+    counts = element_count_matrix(train_elements, ae_config.model.elements)
+    model.set_standardisation(train_labels, counts, cfg.atom_reference)
     model.to(device)
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
@@ -328,7 +334,7 @@ def _optimizer(model: PropertyModel, cfg: FinetuneConfig, steps_per_epoch: int):
 def finetune(
     data: ConformerSet, target: str, out_dir: str | Path, *,
     pretrained: str | Path | None = None, scratch: bool = False, freeze_encoder: bool = False,
-    encoder_lr_ratio: float = 1.0, fraction: float = 1.0, epochs: int = 30, seed: int = 0, device: str = "auto",
+    encoder_lr_ratio: float = 1.0, atom_reference: str = "element", fraction: float = 1.0, epochs: int = 30, seed: int = 0, device: str = "auto",
     batch_size: int = 32, lr: float = 5e-4, patience: int = 10, quiet: bool = False, loss: str = "l1",
     weight_decay: float = 0.01, max_val: int = 0, max_test: int = 0,
     model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
@@ -345,7 +351,8 @@ def finetune(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = FinetuneConfig(target=target, fraction=fraction, epochs=epochs, seed=seed, batch_size=batch_size,
                          lr=lr, weight_decay=weight_decay, loss=loss, patience=patience,
-                         freeze_encoder=freeze_encoder, encoder_lr_ratio=encoder_lr_ratio, max_val=max_val,
+                         freeze_encoder=freeze_encoder, encoder_lr_ratio=encoder_lr_ratio,
+                         atom_reference=atom_reference, max_val=max_val,
                          max_test=max_test, device=device)
     cfg.validate()
     labels = target_values(data, target)
@@ -361,8 +368,9 @@ def finetune(
     _check_vocabulary(data, splits, ae_config.model.elements)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    train_elements = [data.elements[data.ptr[i]:data.ptr[i + 1]] for i in splits["train"]]
     model = _property_model(cfg, ae_config, None if scratch else ae_ckpt, labels[splits["train"]],
-                            data.n_atoms[splits["train"]], dev)
+                            train_elements, dev)
     # the autoencoder's code, frame and score heads are part of the encoder but unused here
     net = wrap_ddp(model, dist_info, dev, find_unused_parameters=True)
     optimizer, scheduler, params = _optimizer(model, cfg, math.ceil(len(splits["train"]) / batch_size))
@@ -441,6 +449,9 @@ def _result(cfg: FinetuneConfig, task: PropertyTask, splits: dict, split_info: d
         "training_domain": training_domain(data, splits["train"]),
         "target_mean": float(model.target_mean),
         "target_std": float(model.target_std),
+        "atom_reference": cfg.atom_reference,
+        "element_reference": dict(zip((int(z) for z in ae_config.model.elements),
+                                      (float(v) for v in model.element_reference))) if model.pooling == "sum" else None,
         "hyperparameters": dataclasses.asdict(cfg),
         "device": str(device),
         "metadata": dict(metadata or {}),

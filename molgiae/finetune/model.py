@@ -3,9 +3,14 @@
 Standardisation (stored as buffers, so a checkpoint predicts in the target's unit):
 
 - **extensive** targets (alpha, r2, zpve, U0, U, H, G, Cv) pool atom contributions by **sum**:
-  ``ŷ = Σ_i (μ + σ a_i) = n μ + σ Σ_i a_i`` with ``μ`` the training-set mean of ``y / n_atoms``
-  (per-atom mean: removes the size dependence) and ``σ`` the training-set std of the residual
-  ``y − n μ`` (a molecule-level scale). The standardised target is ``t = (y − n μ) / σ``.
+  ``ŷ = Σ_i (μ_{Z_i} + σ a_i)`` with ``μ_Z`` a per-element reference (``element_reference``)
+  and ``σ`` the training-set std of the residual ``y − Σ_i μ_{Z_i}`` (a molecule-level
+  scale). The standardised target is ``t = (y − Σ_i μ_{Z_i}) / σ``. ``μ_Z`` is fitted on the
+  training labels (``reference="element"``, the default): a least-squares fit of ``y`` on the
+  molecule's element counts, ridge-shrunk towards the per-atom mean ``mean(y / n)`` so that an
+  element seen in few (or no) training molecules gets about that mean. With
+  ``reference="mean"`` every element gets the per-atom mean (``ŷ = n μ + σ Σ_i a_i``: the
+  behaviour of checkpoints written before the per-element fit).
 - **intensive** targets (mu, homo, lumo, gap) pool by **mean**: ``ŷ = μ + σ mean_i a_i`` with
   ``μ``, ``σ`` the training-set mean and std of ``y``; ``t = (y − μ) / σ``.
 
@@ -68,6 +73,9 @@ class PropertyModel(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("target_mean", torch.tensor(float(mean), dtype=torch.float64))
         self.register_buffer("target_std", torch.tensor(float(std), dtype=torch.float64))
+        # per-element offsets of sum-pooled targets [V] (vocabulary order); unused by mean pooling
+        self.register_buffer("element_reference",
+                             torch.full((len(config.elements),), float(mean), dtype=torch.float64))
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -108,37 +116,83 @@ class PropertyModel(nn.Module):
             return a.sum(1)
         return a.sum(1) / m.sum(1).clamp_min(1.0)
 
-    def standardise(self, y: Tensor, n_atoms: Tensor) -> Tensor:
-        """Target in its unit → standardised ``t`` (float32)."""
-        y = y.to(torch.float64)
-        offset = self.target_mean * n_atoms.to(torch.float64) if self.pooling == "sum" else self.target_mean
-        return ((y - offset) / self.target_std).to(torch.float32)
+    def offset(self, mols: DenseMolecules) -> Tensor:
+        """The prediction at ``t̂ = 0`` (target's unit, float64) [B]: ``Σ_i μ_{Z_i}`` for sum
+        pooling, ``μ`` for mean pooling."""
+        if self.pooling == "mean":
+            return self.target_mean.expand(mols.mask.shape[0])
+        ref = self.element_reference[self.species(mols.numbers, mols.mask)]
+        return (ref * mols.mask).sum(1)
 
-    def unstandardise(self, t: Tensor, n_atoms: Tensor) -> Tensor:
-        """Standardised ``t̂`` → prediction in the target's unit (float64)."""
-        offset = self.target_mean * n_atoms.to(torch.float64) if self.pooling == "sum" else self.target_mean
-        return t.to(torch.float64) * self.target_std + offset
+    def standardise(self, y: Tensor, mols: DenseMolecules) -> Tensor:
+        """Target ``y`` [B] in its unit → standardised ``t`` (float32) [B]."""
+        return ((y.to(torch.float64) - self.offset(mols)) / self.target_std).to(torch.float32)
+
+    def unstandardise(self, t: Tensor, mols: DenseMolecules) -> Tensor:
+        """Standardised ``t̂`` [B] → prediction in the target's unit (float64) [B]."""
+        return t.to(torch.float64) * self.target_std + self.offset(mols)
 
     @torch.no_grad()
     def predict(self, mols: DenseMolecules) -> Tensor:
         """Predictions in the target's unit (float64) [B]."""
-        return self.unstandardise(self.forward(mols), mols.n_atoms)
+        return self.unstandardise(self.forward(mols), mols)
 
-    def set_standardisation(self, y: np.ndarray, n_atoms: np.ndarray) -> tuple[float, float]:
-        """Set ``target_mean``/``target_std`` from training labels ``y`` [M] and sizes [M]."""
+    def set_standardisation(self, y: np.ndarray, counts: np.ndarray, reference: str = "element") -> tuple[float, float]:
+        """Set the standardisation from training labels ``y`` [M] and element counts ``counts``
+        [M, V] (vocabulary order, :func:`element_count_matrix`). → (μ, σ).
+
+        Sum pooling: ``reference="element"`` fits ``element_reference`` (see the module
+        docstring); ``"mean"`` sets every element to the per-atom mean ``μ = mean(y / n)``.
+        """
+        if reference not in ATOM_REFERENCES:
+            raise ValueError(f"reference must be one of {ATOM_REFERENCES}, not {reference!r}")
         y = np.asarray(y, dtype=np.float64)
-        n = np.asarray(n_atoms, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.float64)
         if self.pooling == "sum":
-            mean = float(np.mean(y / n))
-            std = float(np.std(y - mean * n))
+            mean = float(np.mean(y / counts.sum(1)))
+            ref = np.full(counts.shape[1], mean)
+            if reference == "element":
+                ref = ref + fit_element_offsets(counts, y - counts @ ref)
+            std = float(np.std(y - counts @ ref))
         else:
-            mean = float(np.mean(y))
-            std = float(np.std(y))
+            mean, std, ref = float(np.mean(y)), float(np.std(y)), np.zeros(counts.shape[1])
         if not np.isfinite(std) or std <= 1e-12:
             std = 1.0  # one training molecule or constant labels: no scale to learn from
         self.target_mean.fill_(mean)
         self.target_std.fill_(std)
+        self.element_reference.copy_(torch.as_tensor(ref, dtype=torch.float64))
         return mean, std
+
+
+ATOM_REFERENCES = ("element", "mean")
+
+
+def fit_element_offsets(counts: np.ndarray, residual: np.ndarray, shrinkage: float = 1.0) -> np.ndarray:
+    """Ridge fit ``residual ≈ counts @ δ``: ``δ = (CᵀC + λ I)⁻¹ Cᵀ r``. → float64 [V].
+
+    ``counts`` [M, V], ``residual`` [M]; ``shrinkage`` λ is worth about one molecule with one
+    atom of the element, so an element absent from the training molecules gets ``δ = 0``.
+    """
+    gram = counts.T @ counts + shrinkage * np.eye(counts.shape[1])
+    return np.linalg.solve(gram, counts.T @ residual)
+
+
+def element_count_matrix(elements: Sequence[np.ndarray], vocabulary: Sequence[int]) -> np.ndarray:
+    """How many atoms of each vocabulary element every molecule has. → int64 [M, V].
+
+    ``elements``: atomic numbers [n_i] per molecule. Raises ValueError for an element outside
+    ``vocabulary``.
+    """
+    lookup = np.full(119, -1, dtype=np.int64)
+    lookup[list(vocabulary)] = np.arange(len(vocabulary))
+    out = np.zeros((len(elements), len(vocabulary)), dtype=np.int64)
+    for row, z in enumerate(elements):
+        idx = lookup[np.asarray(z, dtype=np.int64)]
+        if (idx < 0).any():
+            raise ValueError(f"elements {sorted(set(np.asarray(z)[idx < 0].tolist()))} are not in the "
+                             f"vocabulary {list(vocabulary)}")
+        out[row] = np.bincount(idx, minlength=len(vocabulary))
+    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -160,8 +214,9 @@ def property_checkpoint(model: PropertyModel, autoencoder_config: Config, metada
             "pooling": model.pooling,
             "mean": float(model.target_mean),
             "std": float(model.target_std),
-            "standardisation": ("per-atom mean of y/n, std of y - n*mean" if model.pooling == "sum"
-                                else "mean and std of y"),
+            "element_reference": [float(v) for v in model.element_reference],
+            "standardisation": ("per-element reference sum_i ref[Z_i], std of y - sum_i ref[Z_i]"
+                                if model.pooling == "sum" else "mean and std of y"),
         },
         "finetune": dict(finetune_config or {}),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -182,7 +237,10 @@ def model_from_property_checkpoint(ckpt: dict) -> PropertyModel:
     config = Config.from_dict(ckpt["config"]).model
     prop = ckpt["property"]
     model = PropertyModel(config, prop["target"], prop["pooling"])
-    model.load_state_dict(ckpt["model"])
+    state = dict(ckpt["model"])
+    if "element_reference" not in state:  # written before the per-element fit: n * mean
+        state["element_reference"] = torch.full_like(model.element_reference, float(state["target_mean"]))
+    model.load_state_dict(state)
     model.eval()
     return model
 
