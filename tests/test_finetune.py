@@ -338,8 +338,6 @@ def test_cli_predict_writes_csv_and_skips_bad_records(frozen_run, qm9, tmp_path)
 
 def test_cli_predict_flags_molecules_outside_the_training_domain(frozen_run, qm9, tmp_path):
     """A 200-atom alkane gets a number (an extrapolation), but the CSV and stderr say so."""
-    from rdkit import Chem
-
     chain = Chem.MolFromSmiles("C" * 66)  # C66H134: 200 atoms, QM9 has at most 29
     conf = Chem.Conformer(66)
     for i in range(66):  # all-trans zig-zag (ETKDG gives up on this size)
