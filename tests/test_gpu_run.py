@@ -91,6 +91,9 @@ def test_train_from_init_weights(tmp_path):
     cfg = Config.from_dict(ckpt["config"])
     cfg.train.epochs, cfg.train.batch_size, cfg.train.max_molecules, cfg.train.lr = 1, 8, 8, 1e-12
     cfg.train.warmup_steps, cfg.train.device, cfg.train.init_from = 1, "cpu", str(BUNDLED)
+    # as tools/gpu_run.py trains it: QM9 alone, eager (the bundled model's last stage used
+    # conformer pairs from ensembles and torch.compile)
+    cfg.train.lambda_conformer, cfg.train.compile, cfg.train.cpu_bf16 = 0.0, False, False
     data = load_qm9_npz([FIXTURE])
     splits = split_ids(data.keys, 0.05, 0.05, 0)
     state = train(cfg, data, splits, tmp_path, quiet=True)

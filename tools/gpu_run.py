@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.train.checkpoint_every = max(1, int(steps_per_min * args.checkpoint_seconds / 120))  # about twice a copy period
     cfg.train.device, cfg.train.num_workers, cfg.train.max_val_molecules = str(device), num_workers, 1000
     cfg.train.init_from = str(ckpt_path)  # its weights; a fresh optimizer, schedule and run state
+    # the payload is QM9 alone (one conformer per molecule): no pairs for the conformer-metric term
+    # the checkpoint may have been trained with; and the sweep timed the eager step, so train that
+    cfg.train.lambda_conformer, cfg.train.compile, cfg.train.cpu_bf16 = 0.0, False, False
     summary["training"] = {"batch_size": bs, "lr": lr, "lr_rule": "given" if args.lr else
                            f"sqrt: min({args.max_lr:g}, {tc.lr:g} * sqrt({bs}/{tc.batch_size}))", "epochs_planned": epochs,
                            "time_limit_s": train_s, "num_workers": num_workers,
