@@ -334,7 +334,8 @@ def _optimizer(model: PropertyModel, cfg: FinetuneConfig, steps_per_epoch: int):
 def finetune(
     data: ConformerSet, target: str, out_dir: str | Path, *,
     pretrained: str | Path | None = None, scratch: bool = False, freeze_encoder: bool = False,
-    encoder_lr_ratio: float = 1.0, atom_reference: str = "element", fraction: float = 1.0, epochs: int = 30, seed: int = 0, device: str = "auto",
+    encoder_lr_ratio: float = 1.0, atom_reference: str = "element", fraction: float = 1.0, epochs: int = 30,
+    seed: int = 0, device: str = "auto",
     batch_size: int = 32, lr: float = 5e-4, patience: int = 10, quiet: bool = False, loss: str = "l1",
     weight_decay: float = 0.01, max_val: int = 0, max_test: int = 0,
     model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
@@ -346,7 +347,8 @@ def finetune(
     starting point; with ``scratch`` only its architecture and split are used. Without a
     checkpoint (``scratch`` only) the architecture is ``model_config`` (default ModelConfig)
     and the split comes from ``train_config`` (default TrainConfig: 5 % val, 5 % test, seed 0,
-    the pretraining defaults).
+    the pretraining defaults). ``atom_reference`` ("element" or "mean"): the offset of
+    sum-pooled targets (:meth:`PropertyModel.set_standardisation`).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = FinetuneConfig(target=target, fraction=fraction, epochs=epochs, seed=seed, batch_size=batch_size,
