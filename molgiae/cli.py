@@ -516,8 +516,10 @@ def _check_finetune_options(fraction: float, lr: float, compare_runs: bool, scra
             fail(f"{name} must be >= {low}, got {value}")
     if not lr > 0:
         fail(f"--lr must be > 0, got {lr}")
-    if atom_reference not in ("element", "mean"):
-        fail(f"--atom-reference must be 'element' or 'mean', got {atom_reference!r}")
+    from molgiae.finetune.model import ATOM_REFERENCES
+
+    if atom_reference not in ATOM_REFERENCES:
+        fail(f"--atom-reference must be {' or '.join(map(repr, ATOM_REFERENCES))}, got {atom_reference!r}")
     if compare_runs and scratch:
         fail("--compare runs both the pretrained and the scratch model; drop --scratch")
 

@@ -7,6 +7,7 @@ whole file fast on one thread.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,13 +32,13 @@ from molgiae.finetune.loop import finetune, finetune_splits
 from molgiae.finetune.model import (
     PROPERTY_FORMAT,
     PropertyModel,
-    element_count_matrix,
     encoder_state,
     fit_element_offsets,
     load_predictor,
     prediction_column,
 )
 from molgiae.data.targets import ATOMREF, TARGET_NAMES, target_values
+from molgiae.quality import element_counts
 
 runner = CliRunner()
 HA_TO_EV = 27.211386246
@@ -400,12 +401,20 @@ def test_element_offsets_recover_a_known_reference():
     assert delta[4] == 0.0
 
 
-def test_element_count_matrix_and_vocabulary_errors():
-    counts = element_count_matrix([np.array([6, 1, 1, 1, 1]), np.array([8, 1, 1]), np.array([9, 6, 9])],
-                                  [1, 6, 7, 8, 9])
+def test_element_counts_in_vocabulary_order_and_vocabulary_errors(qm9, ae_checkpoint, tmp_path):
+    """The fit's counts come from quality.element_counts in vocabulary order; an element outside
+    the vocabulary stops the run before any fit (finetune's vocabulary check; alpha: an extensive
+    target without QM9 atom energies, which would refuse S first)."""
+    counts = element_counts([np.array([6, 1, 1, 1, 1]), np.array([8, 1, 1]), np.array([9, 6, 9])],
+                            [1, 6, 7, 8, 9])
     np.testing.assert_array_equal(counts, [[4, 1, 0, 0, 0], [2, 0, 0, 1, 0], [0, 1, 0, 0, 2]])
+    records = [qm9.record(i) for i in range(len(qm9))]
+    sulfur = records[0].elements.copy()
+    sulfur[-1] = 16
+    records[0] = dataclasses.replace(records[0], elements=sulfur)
     with pytest.raises(ValueError, match=r"elements \[16\]"):
-        element_count_matrix([np.array([16, 1])], [1, 6, 7, 8, 9])
+        finetune(ConformerSet.from_records(records, keys=qm9.keys), "alpha", tmp_path / "s", pretrained=ae_checkpoint,
+                 epochs=1, quiet=True, device="cpu")
 
 
 def test_element_reference_beats_the_per_atom_mean(qm9):
@@ -415,7 +424,7 @@ def test_element_reference_beats_the_per_atom_mean(qm9):
     ids = np.arange(len(qm9))
     train, held = ids[:90], ids[90:]
     elements = [qm9.elements[qm9.ptr[i]:qm9.ptr[i + 1]] for i in ids]
-    counts = element_count_matrix(elements, [1, 6, 7, 8, 9])
+    counts = element_counts(elements, [1, 6, 7, 8, 9])
     errors, sigmas = {}, {}
     for reference in ("element", "mean"):
         model = PropertyModel(ModelConfig(features=8), "U0")

@@ -47,8 +47,9 @@ from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batche
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import seeded_subset, split_ids
 from molgiae.data.targets import get_target, target_values
-from molgiae.finetune.model import ATOM_REFERENCES, PropertyModel, element_count_matrix, property_checkpoint
+from molgiae.finetune.model import ATOM_REFERENCES, PropertyModel, property_checkpoint
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text
+from molgiae.quality import element_counts
 from molgiae.train.distributed import DistInfo, setup_distributed, shard_batch, training_device, wrap_ddp
 from molgiae.train.engine import Engine, RunState
 from molgiae.train.progress import epoch_progress
@@ -304,12 +305,12 @@ def _property_model(cfg: FinetuneConfig, ae_config: Config, ae_ckpt: dict | None
                     train_elements: list[np.ndarray], device: torch.device) -> PropertyModel:
     """The model to fine-tune: the checkpoint's encoder (or a fresh one of its architecture), a new
     head standardised on the training labels (``train_elements``: each training molecule's atomic
-    numbers); the encoder frozen if asked."""
+    numbers, all in the vocabulary: ``_check_vocabulary`` ran); the encoder frozen if asked."""
     if ae_ckpt is not None:
         model = PropertyModel.from_autoencoder(ae_ckpt, cfg.target, cfg.seed)
     else:
         model = PropertyModel.from_scratch(ae_config.model, cfg.target, cfg.seed)
-    counts = element_count_matrix(train_elements, ae_config.model.elements)
+    counts = element_counts(train_elements, ae_config.model.elements)
     model.set_standardisation(train_labels, counts, cfg.atom_reference)
     model.to(device)
     if cfg.freeze_encoder:

@@ -139,7 +139,7 @@ class PropertyModel(nn.Module):
 
     def set_standardisation(self, y: np.ndarray, counts: np.ndarray, reference: str = "element") -> tuple[float, float]:
         """Set the standardisation from training labels ``y`` [M] and element counts ``counts``
-        [M, V] (vocabulary order, :func:`element_count_matrix`). → (μ, σ).
+        [M, V] (vocabulary order, :func:`molgiae.quality.element_counts`). → (μ, σ).
 
         Sum pooling: ``reference="element"`` fits ``element_reference`` (see the module
         docstring); ``"mean"`` sets every element to the per-atom mean ``μ = mean(y / n)``.
@@ -175,24 +175,6 @@ def fit_element_offsets(counts: np.ndarray, residual: np.ndarray, shrinkage: flo
     """
     gram = counts.T @ counts + shrinkage * np.eye(counts.shape[1])
     return np.linalg.solve(gram, counts.T @ residual)
-
-
-def element_count_matrix(elements: Sequence[np.ndarray], vocabulary: Sequence[int]) -> np.ndarray:
-    """How many atoms of each vocabulary element every molecule has. → int64 [M, V].
-
-    ``elements``: atomic numbers [n_i] per molecule. Raises ValueError for an element outside
-    ``vocabulary``.
-    """
-    lookup = np.full(119, -1, dtype=np.int64)
-    lookup[list(vocabulary)] = np.arange(len(vocabulary))
-    out = np.zeros((len(elements), len(vocabulary)), dtype=np.int64)
-    for row, z in enumerate(elements):
-        idx = lookup[np.asarray(z, dtype=np.int64)]
-        if (idx < 0).any():
-            raise ValueError(f"elements {sorted(set(np.asarray(z)[idx < 0].tolist()))} are not in the "
-                             f"vocabulary {list(vocabulary)}")
-        out[row] = np.bincount(idx, minlength=len(vocabulary))
-    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
