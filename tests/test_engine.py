@@ -66,6 +66,15 @@ def test_time_limit_stops_mid_epoch_after_a_checkpoint():
     assert task.saved == [1] and task.limit_said and task.ends == []
 
 
+def test_a_resumed_run_past_its_time_limit_trains_no_step():
+    task = LineTask()
+    state = RunState(epoch_step=2, step=2, seconds=120.0)  # resumed after 2 minutes of training
+    engine_for(task, epochs=3, time_limit_minutes=1.0).fit(task, state)
+    assert (state.step, state.epoch_step) == (2, 2) and task.limit_said and task.saved == []
+    engine_for(task, epochs=1, time_limit_minutes=3.0).fit(task, state)  # a larger limit trains on
+    assert (state.epoch, state.step) == (1, 5)
+
+
 def test_a_restarted_epoch_runs_only_its_remaining_steps_and_keeps_its_loss_sums():
     whole = LineTask()
     engine_for(whole, epochs=1).fit(whole, RunState())

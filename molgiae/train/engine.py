@@ -99,6 +99,9 @@ class Engine:
         t_start = time.time() - state.seconds
         deadline = t_start + self.time_limit_minutes * 60 if self.time_limit_minutes else math.inf
         try:
+            if state.seconds > 0 and state.epoch < self.epochs and self._past(deadline):
+                task.time_limit_reached(state)  # a resumed run that has used its limit: no step beyond it
+                return state
             while state.epoch < self.epochs:
                 if self._run_epoch(task, state, t_start, deadline):
                     state.seconds = time.time() - t_start
