@@ -119,6 +119,9 @@ def train(
                                                      "conformer-metric term: for conformers of one molecule in a "
                                                      "batch, |z_a - z_b| proportional to their aligned rmsd "
                                                      "(default: 0; needs multi-conformer data)."),
+    conformer_pairs: Optional[int] = typer.Option(None, "--conformer-pairs", help="With --lambda-conformer: at "
+                                                  "least this many conformer pairs per batch, adding multi-conformer "
+                                                  "molecules of the batch's sizes (default: 0, only those it holds)."),
     cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on the CPU "
                                             "(as on CUDA; faster on CPUs with AMX / AVX-512 BF16; default: off)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "
@@ -129,7 +132,8 @@ def train(
     val_fraction: Optional[float] = typer.Option(None, help="Validation fraction of molecules (default: 0.05)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test fraction of molecules (default: 0.05)."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the molecule-level split (default: 0)."),
-    time_limit: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
+    time_limit: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes of training, counted over all resumes "
+                                                "(a run resumed after 60 min with --time-limit 90 trains 30 more)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between last.pt writes (default: 500)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     conformer_sampling: Optional[str] = typer.Option(None, "--conformer-sampling", help="all | uniform | boltzmann: "

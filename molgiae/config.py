@@ -85,6 +85,9 @@ class TrainConfig:
     # weight of the conformer-metric term (training.conformer_metric): for pairs of conformers of
     # one molecule, code distance proportional to aligned rmsd; needs molecules with several conformers
     lambda_conformer: float = 0.0
+    # with the conformer term: at least this many conformer pairs per batch (0: only the pairs the
+    # batch happens to hold); extra multi-conformer molecules of the batch's size range are added
+    conformer_pairs: int = 0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0
@@ -118,6 +121,11 @@ class TrainConfig:
                              f"the noise added to the input coordinates); pass --coord-noise too")
         if self.lambda_conformer < 0:
             raise ValueError(f"lambda_conformer must be >= 0, not {self.lambda_conformer}")
+        if self.conformer_pairs < 0:
+            raise ValueError(f"conformer_pairs must be >= 0, not {self.conformer_pairs}")
+        if self.conformer_pairs > 0 and not self.lambda_conformer > 0:
+            raise ValueError(f"conformer_pairs {self.conformer_pairs} needs lambda_conformer > 0 (the pairs feed "
+                             f"the conformer-metric term); pass --lambda-conformer too")
         if self.lambda_smooth > 0 and not self.coord_noise > 0:
             raise ValueError(f"lambda_smooth {self.lambda_smooth} needs coord_noise > 0 (the term measures how far "
                              f"that noise moves z); without it the term would be silently off")

@@ -299,6 +299,7 @@ class AutoencoderTask:
         if tc.lambda_denoise > 0 and not config.model.noise_head:
             raise ValueError("lambda_denoise needs a model with a noise head (--noise-head)")
         self.siblings = conformer_siblings(data.keys, self.train_ids) if tc.lambda_conformer > 0 else {}
+        self._pair_pool: tuple[np.ndarray, np.ndarray] | None = None  # built on first use (conformer_pairs)
         if tc.lambda_conformer > 0:
             if dist_info.enabled:
                 raise ValueError("--lambda-conformer is not supported under torchrun yet (its pairs would be split "
@@ -437,17 +438,41 @@ class AutoencoderTask:
         """(``chunk`` plus one other training conformer of the same molecule, drawn with ``seed``, for
         up to half of its conformers that have one, pairs [P, 2] of rows of the result) for the
         conformer-metric term; ``chunk`` and no pairs without the term. A sibling has the same
-        atoms, so it pads nothing."""
+        atoms, so it pads nothing. With ``conformer_pairs`` K, a batch holding fewer than K such
+        conformers also gets extra ones (each with a partner) whose size lies in the batch's range."""
         if not self.siblings:
             return chunk, np.zeros((0, 2), dtype=np.int64)
         rng = np.random.default_rng(seed)
         have = [i for i in chunk.tolist() if i in self.siblings]
-        have = have[: max(len(chunk) // 2, 2)] if len(have) > 1 else []
-        partners = [int(rng.choice(self.siblings[i][self.siblings[i] != i])) for i in have]
+        have = have[: max(len(chunk) // 2, 2)]
+        extra = self._extra_pair_members(chunk, self.tc.conformer_pairs - len(have), rng)
+        if len(have) + len(extra) < 2:
+            return chunk, np.zeros((0, 2), dtype=np.int64)
+        members = have + extra
+        partners = [int(rng.choice(self.siblings[i][self.siblings[i] != i])) for i in members]
+        ids = np.concatenate([chunk, np.asarray(extra + partners, dtype=chunk.dtype)])
         rows = {int(i): r for r, i in enumerate(chunk.tolist())}
-        ids = np.concatenate([chunk, np.asarray(partners, dtype=chunk.dtype)])
-        pairs = np.array([[rows[i], len(chunk) + k] for k, i in enumerate(have)], dtype=np.int64).reshape(-1, 2)
+        rows.update({i: len(chunk) + k for k, i in enumerate(extra)})
+        first_partner = len(chunk) + len(extra)
+        pairs = np.array([[rows[i], first_partner + k] for k, i in enumerate(members)], dtype=np.int64).reshape(-1, 2)
         return ids, pairs
+
+    def _extra_pair_members(self, chunk: np.ndarray, need: int, rng: np.random.Generator) -> list[int]:
+        """Up to ``need`` multi-conformer training conformers not in ``chunk`` whose atom count lies
+        between the chunk's smallest and largest (so they add no padding), drawn with ``rng``."""
+        if need <= 0:
+            return []
+        if self._pair_pool is None:  # the conformers that have a sibling, sorted by atom count
+            pool = np.fromiter(self.siblings.keys(), dtype=np.int64)
+            pool = pool[np.argsort(self.data.n_atoms[pool], kind="stable")]
+            self._pair_pool = (pool, self.data.n_atoms[pool])
+        pool, sizes = self._pair_pool
+        sizes_in = self.data.n_atoms[chunk]
+        lo, hi = np.searchsorted(sizes, sizes_in.min(), "left"), np.searchsorted(sizes, sizes_in.max(), "right")
+        candidates = np.setdiff1d(pool[lo:hi], chunk)
+        if len(candidates) == 0:
+            return []
+        return [int(i) for i in rng.choice(candidates, size=min(need, len(candidates)), replace=False)]
 
     def loss(self, item) -> tuple[torch.Tensor, float, int]:
         """Reconstruction loss of the clean conformer from (optionally) noisy coordinates, plus
@@ -472,8 +497,9 @@ class AutoencoderTask:
     def time_limit_reached(self, state: RunState) -> None:
         if state.history and self.rank0:
             write_learning_curve(state.history, self.out / "learning_curve.png")
-        self.log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}; "
-                 f"{self.out / 'last.pt'} saved (use --resume)")
+        self.log(f"time limit reached at epoch {state.epoch + 1}, step {state.step}, after {state.seconds / 60:.1f} "
+                 f"min of training (--time-limit {self.tc.time_limit_minutes:g} counts all resumes); "
+                 f"{self.out / 'last.pt'} saved: --resume with a larger --time-limit trains on")
 
     def end_epoch(self, state: RunState, train_loss: float) -> bool:
         """Validate (rank 0), append the metrics row, save best.pt / last.pt, metrics.csv and the curve."""

@@ -302,6 +302,38 @@ def test_conformer_siblings_and_batches_with_partners(tmp_path):
     assert n_pairs >= 20
 
 
+def test_conformer_pairs_fills_every_batch_without_padding_or_dropping_molecules(tmp_path):
+    from molgiae.training import AutoencoderTask
+    from molgiae.train.distributed import DistInfo
+
+    data = _with_siblings(DATA, 60, 0.3)
+    splits = split_ids(data.keys, 0.1, 0.1, 0)
+
+    def batches(pairs_wanted):
+        cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
+                     TrainConfig(epochs=1, batch_size=16, lambda_conformer=1.0, conformer_pairs=pairs_wanted))
+        task = AutoencoderTask(cfg, data, splits, tmp_path, torch.device("cpu"), DistInfo(), None,
+                               lambda m: None, quiet=True)
+        return list(task.epoch_inputs(task.state)[1])
+
+    plain, filled = batches(0), batches(6)
+    assert len(plain) == len(filled)
+    more = 0
+    for (b0, _, n0, p0), (b1, _, n1, p1) in zip(plain, filled):
+        assert n0 == n1 and torch.equal(b1.numbers[:n1], b0.numbers[:n0])  # the epoch's own molecules, unchanged
+        assert b1.numbers.shape[1] == b0.numbers.shape[1]  # the extra molecules add no padding
+        assert len(p1) >= len(p0)
+        sizes = (b1.numbers[:n1] > 0).sum(1)
+        for a, b in p1.tolist():
+            assert torch.equal(b1.numbers[a], b1.numbers[b]) and not torch.equal(b1.pos[a], b1.pos[b])
+            assert sizes.min() <= (b1.numbers[a] > 0).sum() <= sizes.max()
+        more += len(p1) - len(p0)
+    assert more > 0
+    assert sum(len(p) >= 6 for _, _, _, p in filled) > sum(len(p) >= 6 for _, _, _, p in plain)
+    with pytest.raises(ValueError, match="needs lambda_conformer"):
+        TrainConfig(conformer_pairs=4)
+
+
 def test_training_with_the_conformer_metric_runs_and_needs_siblings(tmp_path):
     messages = []
     data = _with_siblings(DATA, 60, 0.3)
