@@ -172,3 +172,29 @@ def test_batch_size_choice(rows, within, expected):
     finally:
         sys.path.remove(str(ROOT / "tools"))
     assert choose_batch_size(rows, "r", within)["batch_size"] == expected
+
+
+def test_the_gpu_runs_step_is_the_training_objective():
+    """check and sweep time and compare the step train() takes: denoising noise and the smoothness
+    term included (they once timed the plain reconstruction loss)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from gpu_run import loss_and_backward
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    from molgiae.data.batching import batch_from_set
+    from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss
+    from molgiae.training import training_objective
+
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1))
+    cfg.train.coord_noise, cfg.train.lambda_smooth = 0.1, 1.0
+    model = GroupInvariantAutoencoder(cfg.model)
+    batch = batch_from_set(load_qm9_npz([FIXTURE]), np.arange(6))
+    loss, out = loss_and_backward(model, batch, torch.device("cpu"), cfg.train, amp=False, seed=3, with_output=True)
+    noise = torch.randn(batch.pos.shape, generator=torch.Generator().manual_seed(3))
+    expected = training_objective(model, model, batch, noise, cfg.train, False)
+    plain = reconstruction_loss(model(batch, permutation="straight_through", tau=cfg.train.tau), batch,
+                                cfg.train.lambda_type, cfg.train.lambda_perm)["loss"]
+    assert torch.allclose(loss, expected) and not torch.allclose(loss, plain)
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+    assert out.encoding.z.shape == (6, 16)

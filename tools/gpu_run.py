@@ -57,10 +57,10 @@ from molgiae.config import Config  # noqa: E402
 from molgiae.data.batching import batch_from_set, bucketed_batches  # noqa: E402
 from molgiae.data.loading import load_conformers  # noqa: E402
 from molgiae.data.split import split_ids  # noqa: E402
-from molgiae.model import GroupInvariantAutoencoder, reconstruction_loss  # noqa: E402
+from molgiae.model import GroupInvariantAutoencoder  # noqa: E402
 from molgiae.outputs import atomic_output, atomic_write_text  # noqa: E402
 from molgiae.train.distributed import hardware_description, select_device  # noqa: E402
-from molgiae.training import train, validate  # noqa: E402
+from molgiae.training import train, training_objective, validate  # noqa: E402
 
 DEFAULT_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 
@@ -88,14 +88,22 @@ def sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- one step, as train() takes it
-def loss_and_backward(model, batch, device, tc, amp: bool):
-    """Forward (under bf16 autocast if ``amp``), loss, backward; returns the loss tensor."""
+def loss_and_backward(model, batch, device, tc, amp: bool, seed: int = 0, with_output: bool = False):
+    """The training objective of ``train()`` on one batch (denoising input noise drawn on the CPU
+    from ``seed``, so the CPU and the device see the same noise; the smoothness term included),
+    under bf16 autocast if ``amp``; backward. Returns (the loss, and with ``with_output`` the
+    clean input's forward, not timed in the sweep; else None)."""
     mols = batch.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(mols, permutation="straight_through", tau=tc.tau)
-    loss = reconstruction_loss(out, mols, tc.lambda_type, tc.lambda_perm)["loss"]
+    noise = None
+    if tc.coord_noise > 0:
+        noise = torch.randn(batch.pos.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     model.zero_grad(set_to_none=True)
+    loss = training_objective(model, model, mols, noise, tc, amp)
     loss.backward()
+    if not with_output:
+        return loss, None
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(mols, permutation="straight_through", tau=tc.tau)
     return loss, out
 
 
@@ -117,7 +125,7 @@ def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
     cpu_model = GroupInvariantAutoencoder(config.model)
     cpu_model.load_state_dict(weights)
     cpu_model.train()  # as in training (no dropout anywhere: train/eval give the same numbers)
-    loss_cpu, out_cpu = loss_and_backward(cpu_model, batch, torch.device("cpu"), tc, amp=False)
+    loss_cpu, out_cpu = loss_and_backward(cpu_model, batch, torch.device("cpu"), tc, amp=False, with_output=True)
     loss_cpu = float(loss_cpu.detach())
     g_cpu = grads(cpu_model)
 
@@ -127,7 +135,7 @@ def check(config, weights, data, batch_ids, val_ids, device, tolerance) -> dict:
         model = GroupInvariantAutoencoder(config.model).to(device)
         model.load_state_dict(weights)
         model.train()
-        loss_dev, out_dev = loss_and_backward(model, batch, device, tc, amp=False)
+        loss_dev, out_dev = loss_and_backward(model, batch, device, tc, amp=False, with_output=True)
         loss_dev = float(loss_dev.detach())
         g_dev = grads(model)
     finally:
@@ -194,7 +202,7 @@ def sweep(config, weights, data, train_ids, device, batch_sizes, warmup, steps, 
                 t0 = time.perf_counter()
                 batch = batch_from_set(data, ids)
                 t1 = time.perf_counter()
-                loss, _ = loss_and_backward(model, batch, device, tc, amp)
+                loss, _ = loss_and_backward(model, batch, device, tc, amp, seed=i)
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
@@ -206,7 +214,7 @@ def sweep(config, weights, data, train_ids, device, batch_sizes, warmup, steps, 
                     n += len(ids)
         except torch.cuda.OutOfMemoryError as exc:
             rows.append({"batch_size": bs, "error": f"out of memory: {str(exc).splitlines()[0]}"})
-            del opt
+            opt = None  # free its state before emptying the cache
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             log(f"sweep: batch {bs}: out of memory; larger sizes skipped")
