@@ -344,3 +344,65 @@ def test_training_with_the_conformer_metric_runs_and_needs_siblings(tmp_path):
     assert any(m.startswith("conformer-metric term:") for m in messages)
     with pytest.raises(ValueError, match="several conformers"):
         train(cfg, DATA, split_ids(DATA.keys, 0.1, 0.1, 0), tmp_path / "none", quiet=True, log=lambda m: None)
+
+
+def test_relabelled_and_mirrored_conformers_are_recognised_and_left_out_of_the_metric():
+    """A methyl group turned by 120 degrees is the same structure with its H atoms relabelled: fixed-order
+    rmsd calls it far, a permutation-invariant code cannot. Such pairs are recognised (and mirror
+    images, which sorted distances cannot tell from relabelling), a real torsion change is not."""
+    from molgiae.training import aligned_pair_rmsd, same_up_to_relabelling
+
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, rdMolTransforms
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(mol, randomSeed=7)
+    AllChem.MMFFOptimizeMolecule(mol)
+    x = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float64)
+    numbers = torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()])
+    methyl_h = [n.GetIdx() for n in mol.GetAtomWithIdx(0).GetNeighbors() if n.GetAtomicNum() == 1]
+    relabelled = x.clone()
+    relabelled[methyl_h] = x[methyl_h[1:] + methyl_h[:1]]  # the same geometry, H labels cycled
+    rot = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))[0]
+    rot = rot * torch.sign(torch.linalg.det(rot))
+    relabelled = relabelled @ rot.T + 1.5
+    turned = x.clone()  # a real conformer change: the O-H turned about the C-O bond
+    conf = mol.GetConformer()
+    h_on_o = [n.GetIdx() for n in mol.GetAtomWithIdx(2).GetNeighbors() if n.GetAtomicNum() == 1][0]
+    rdMolTransforms.SetDihedralDeg(conf, 0, 1, 2, h_on_o, rdMolTransforms.GetDihedralDeg(conf, 0, 1, 2, h_on_o) + 120)
+    turned = torch.tensor(conf.GetPositions(), dtype=torch.float64)
+    mirror = x * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+
+    species = torch.tensor([{1: 0, 6: 1, 8: 3}[int(n)] for n in numbers]).unsqueeze(0).expand(4, -1)
+    a = x.unsqueeze(0).expand(4, -1, -1)
+    b = torch.stack([relabelled, turned, mirror, x + 0.1 * torch.randn(x.shape, dtype=torch.float64)])
+    pad = torch.zeros(4, 2, 3, dtype=torch.float64)  # padded rows must not matter
+    a, b = torch.cat([a, pad], 1), torch.cat([b, pad], 1)
+    species = torch.cat([species, torch.zeros(4, 2, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(4, len(x), dtype=torch.bool), torch.zeros(4, 2, dtype=torch.bool)], 1)
+    rmsd = aligned_pair_rmsd(a, b, mask)
+    assert rmsd[0] > 0.3  # fixed-order rmsd calls the relabelled copy far
+    assert same_up_to_relabelling(a, b, species, mask).tolist() == [True, False, True, False]
+
+    # in the objective: a batch whose only pairs are relabelled copies gets no conformer term
+    from molgiae.batch import DenseMolecules
+    from molgiae.model import GroupInvariantAutoencoder
+    from molgiae.training import training_objective
+
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1))
+    model = GroupInvariantAutoencoder(cfg.model).double()
+    z = numbers.unsqueeze(0).expand(4, -1)
+    batch = DenseMolecules(numbers=z, pos=torch.stack([x, relabelled, x, relabelled]), mask=torch.ones(4, len(x), dtype=torch.bool))
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    cfg.train.lambda_conformer = 0.0
+    plain = training_objective(model, model, batch, None, cfg.train, False, pairs)
+    cfg.train.lambda_conformer = 10.0
+    assert torch.equal(training_objective(model, model, batch, None, cfg.train, False, pairs), plain)
+    stretched = x.clone()
+    stretched[2] = x[1] + 1.2 * (x[2] - x[1])  # the C-O bond 20 % longer
+    batch = DenseMolecules(numbers=z, pos=torch.stack([x, turned, x, stretched]), mask=batch.mask)
+    pairs = torch.tensor([[0, 1], [2, 3]])  # two real changes: the term counts
+    cfg.train.lambda_conformer = 0.0
+    plain = training_objective(model, model, batch, None, cfg.train, False, pairs)
+    cfg.train.lambda_conformer = 10.0
+    assert not torch.equal(training_objective(model, model, batch, None, cfg.train, False, pairs), plain)
