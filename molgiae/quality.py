@@ -22,6 +22,7 @@ import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
 from molgiae.data.targets import get_target, target_values
+from molgiae.symmetry import same_up_to_relabelling
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
 
@@ -184,14 +185,38 @@ def conformer_pairs(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.nda
     return np.concatenate(dz), np.concatenate(rmsd), np.concatenate(owner)
 
 
-def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.ndarray]) -> dict:
+def relabelled_pairs(keys: np.ndarray, coords: Sequence[np.ndarray], elements: Sequence[np.ndarray]) -> np.ndarray:
+    """For the pairs of :func:`conformer_pairs` (same order): whether the two conformers are one
+    structure up to a relabelling of equivalent atoms or a mirror image
+    (:func:`molgiae.symmetry.same_up_to_relabelling`): e.g. a methyl group turned by 120°, whose
+    fixed-order rmsd is large while a permutation-invariant code cannot tell the two apart. → bool [P]."""
+    keys = np.asarray(keys)
+    order = np.argsort(keys, kind="stable")
+    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+    flags = []
+    for members in np.split(order, starts[1:]):
+        if len(members) < 2:
+            continue
+        ia, ib = np.triu_indices(len(members), 1)
+        x = torch.from_numpy(np.stack([np.asarray(coords[i], np.float64) for i in members]))
+        numbers = torch.from_numpy(np.asarray(elements[members[0]], np.int64)).expand(len(ia), -1)
+        mask = torch.ones(numbers.shape, dtype=torch.bool)
+        flags.append(same_up_to_relabelling(x[ia], x[ib], numbers, mask).numpy())
+    return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+
+
+def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.ndarray],
+                        elements: Sequence[np.ndarray] | None = None) -> dict:
     """How z orders conformers of one molecule. codes [C, D]; keys [C] molecule of each conformer;
-    coords: C arrays [n, 3] (conformers of one molecule in one atom order).
+    coords: C arrays [n, 3] (conformers of one molecule in one atom order); elements: C arrays [n]
+    (atomic numbers), for the figures without relabelled pairs.
 
     ``spearman_rho``: Spearman ρ of ‖Δz‖ vs aligned rmsd pooled over all same-molecule pairs (the
     headline); ``spearman_rho_per_molecule_mean``: mean of the per-molecule ρ over molecules with
     ≥ 3 conformers (NaN-free ones); ``sibling_nn_rate``: fraction of conformers of molecules with
-    ≥ 2 conformers whose nearest other conformer in z (among all C) belongs to the same molecule."""
+    ≥ 2 conformers whose nearest other conformer in z (among all C) belongs to the same molecule.
+    With ``elements``: ``n_relabelled_pairs`` (:func:`relabelled_pairs`) and ``spearman_rho_distinct``,
+    the pooled ρ over the other pairs (fixed-order rmsd misstates the distance of relabelled ones)."""
     from scipy.stats import spearmanr
 
     keys = np.asarray(keys)
@@ -203,6 +228,10 @@ def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np
         return {**out, "spearman_rho": float("nan"), "spearman_rho_per_molecule_mean": float("nan"),
                 "sibling_nn_rate": float("nan")}
     out["spearman_rho"] = float(spearmanr(dz, rmsd)[0])
+    if elements is not None:
+        same = relabelled_pairs(keys, coords, elements)
+        out["n_relabelled_pairs"] = int(same.sum())
+        out["spearman_rho_distinct"] = float(spearmanr(dz[~same], rmsd[~same])[0]) if (~same).sum() >= 2 else float("nan")
     per = [spearmanr(dz[owner == k], rmsd[owner == k])[0] for k in np.unique(owner) if (owner == k).sum() >= 3]
     per = [r for r in per if np.isfinite(r)]
     out["spearman_rho_per_molecule_mean"] = float(np.mean(per)) if per else float("nan")
@@ -300,7 +329,7 @@ def ensemble_metrics(encode_fn: EncodeFn, ensembles, vocabulary: Sequence[int] |
         ids = np.array([i for i in ids if set(np.unique(ensembles.elements[ensembles.ptr[i]:ensembles.ptr[i + 1]]).tolist())
                         <= set(vocabulary)], dtype=np.int64)
     elements, coords = set_molecules(ensembles, ids)
-    return conformer_awareness(encode_fn(elements, coords), np.asarray(ensembles.keys)[ids], coords)
+    return conformer_awareness(encode_fn(elements, coords), np.asarray(ensembles.keys)[ids], coords, elements)
 
 
 def embedding_metrics(model, data, ids: np.ndarray, ensembles=None, n_noise: int = 1000, n_jacobian: int = 200,
@@ -365,6 +394,9 @@ def summary_lines(section: dict) -> list[str]:
         lines.append(f"conformers ({conf['n_conformers']} of {conf['n_molecules']} molecules, {conf['n_pairs']} pairs): "
                      f"Spearman ρ(‖Δz‖, rmsd) {conf['spearman_rho']:.3f} (per-molecule mean "
                      f"{conf['spearman_rho_per_molecule_mean']:.3f}), sibling-NN rate {conf['sibling_nn_rate']:.3f}")
+        if "spearman_rho_distinct" in conf:
+            lines.append(f"  without the {conf['n_relabelled_pairs']} pairs that are one structure up to relabelled "
+                         f"atoms or a mirror image: ρ {conf['spearman_rho_distinct']:.3f}")
     for name, p in section.get("probe", {}).items():
         if "skipped" in p:
             lines.append(f"probe {name}: skipped ({p['skipped']})")

@@ -2,11 +2,12 @@
 
 Such molecules have a non-trivial stabiliser in SO(3), so no equivariant frame can be unique
 for them (docs/method.md, "Known hard cases"); metrics are reported for them separately.
-Pure numpy.
+And: are two conformers of a molecule one structure up to a relabelling of atoms (torch, batched)?
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -65,3 +66,33 @@ def symmetry_axis_order(elements: np.ndarray, coords: np.ndarray, tol: float = 0
 def is_symmetric(elements: np.ndarray, coords: np.ndarray, tol: float = 0.1) -> bool:
     """True when the conformer has a C_k axis (k ≥ 2) or is linear."""
     return symmetry_axis_order(elements, coords, tol) != 1
+
+
+#: two conformers whose sorted interatomic distances (per element pair) agree to this (Å) are one
+#: structure up to a relabelling of atoms (or a mirror image); see :func:`same_up_to_relabelling`
+RELABELLING_TOLERANCE = 0.02
+
+
+def distance_fingerprint(pos: torch.Tensor, species: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The interatomic distances of each molecule sorted within each (element, element) block: the
+    same for any relabelling of atoms, rotation, translation or reflection.
+
+    pos [P, N, 3], species [P, N] (vocabulary index), mask [P, N] → [P, N²] (padding pairs +inf, last)."""
+    pos = pos.double()  # float64: the block offsets below would cost float32 its last digits
+    d = torch.cdist(pos, pos)
+    vocab = int(species.max()) + 1 if species.numel() else 1
+    block = (species.unsqueeze(2) * vocab + species.unsqueeze(1)).double()  # element-pair id
+    key = block * 1000.0 + d  # distances < 1000 Å keep the blocks apart
+    real = mask.unsqueeze(2) & mask.unsqueeze(1)
+    return key.masked_fill(~real, float("inf")).flatten(1).sort(-1).values
+
+
+def same_up_to_relabelling(a: torch.Tensor, b: torch.Tensor, species: torch.Tensor, mask: torch.Tensor,
+                           tol: float = RELABELLING_TOLERANCE) -> torch.Tensor:
+    """Whether conformers a and b of one molecule (same atoms, same order) are one structure up to a
+    relabelling of equivalent atoms (a methyl group turned by 120°) or a mirror image: their sorted
+    distances agree within ``tol`` Å. Their fixed-order rmsd is large while a permutation-invariant
+    code cannot tell them apart. a, b [P, N, 3], species and mask [P, N] → bool [P]."""
+    fa, fb = distance_fingerprint(a, species, mask), distance_fingerprint(b, species, mask)
+    diff = (fa - fb).abs().nan_to_num(0.0)  # inf - inf on the padding
+    return diff.amax(-1) < tol

@@ -102,6 +102,35 @@ def test_conformer_awareness_hand_made_ensemble():
     assert quality.conformer_awareness(shuffled, keys, coords)["spearman_rho"] < 0.5
 
 
+def test_relabelled_pairs_are_counted_apart():
+    """Molecule 1: a conformer, a copy with two H atoms swapped (one structure, relabelled: fixed-order
+    rmsd large, a permutation-invariant code cannot move) and two distorted ones. Only the swapped
+    pair is flagged, and the distinct ρ is the ρ of the other pairs."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3)) * 1.5
+    elements = np.array([6, 8, 1, 1, 1])
+    swapped = x[[0, 1, 3, 2, 4]]
+    far = x + rng.normal(0, 0.4, x.shape)
+    near = x + rng.normal(0, 0.1, x.shape)
+    coords = [x, swapped, far, near]
+    keys = np.array([1, 1, 1, 1])
+    dz, rmsd, _ = quality.conformer_pairs(np.zeros((4, 1)), keys, coords)
+    codes = np.zeros((4, 1))
+    codes[2, 0], codes[3, 0] = 10 * rmsd[1], 10 * rmsd[2]  # |dz| = 10 rmsd from the first conformer
+    flags = quality.relabelled_pairs(keys, coords, [elements] * 4)
+    assert flags.tolist() == [True, False, False, False, False, False]  # pairs (0,1), (0,2), (0,3), (1,2), ...
+    out = quality.conformer_awareness(codes, keys, coords, [elements] * 4)
+    dz, rmsd, _ = quality.conformer_pairs(codes, keys, coords)
+    assert rmsd[0] > 0.5 and dz[0] == 0.0  # the swapped copy: far in fixed order, the same code
+    assert out["n_relabelled_pairs"] == 1
+    assert out["spearman_rho"] == pytest.approx(spearmanr(dz, rmsd)[0])
+    assert out["spearman_rho_distinct"] == pytest.approx(spearmanr(dz[1:], rmsd[1:])[0])
+    assert out["spearman_rho_distinct"] > out["spearman_rho"]
+    assert "n_relabelled_pairs" not in quality.conformer_awareness(codes, keys, coords)  # no elements given
+
+
 def test_pair_rmsds_equal_kabsch_rmsd():
     from molgiae.metrics import kabsch_rmsd
 

@@ -350,7 +350,8 @@ def test_relabelled_and_mirrored_conformers_are_recognised_and_left_out_of_the_m
     """A methyl group turned by 120 degrees is the same structure with its H atoms relabelled: fixed-order
     rmsd calls it far, a permutation-invariant code cannot. Such pairs are recognised (and mirror
     images, which sorted distances cannot tell from relabelling), a real torsion change is not."""
-    from molgiae.training import aligned_pair_rmsd, same_up_to_relabelling
+    from molgiae.symmetry import same_up_to_relabelling
+    from molgiae.training import aligned_pair_rmsd
 
     from rdkit import Chem
     from rdkit.Chem import AllChem, rdMolTransforms
