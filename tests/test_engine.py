@@ -83,7 +83,7 @@ def test_a_restarted_epoch_runs_only_its_remaining_steps_and_keeps_its_loss_sums
     state = RunState.from_dict(RunState(epoch_step=1, step=1, epoch_loss_sum=0.0, epoch_loss_n=0).to_dict())
     # the first step's loss and count, as a mid-epoch checkpoint holds them
     first = LineTask()
-    first_loss = float(first.loss(np.random.default_rng(0).permutation(40).reshape(5, 8)[0])[0])
+    first_loss = float(first.loss(np.random.default_rng(0).permutation(40).reshape(5, 8)[0])[0].detach())
     state.epoch_loss_sum, state.epoch_loss_n = first_loss * 8, 8
     engine_for(part, epochs=1).fit(part, state)
     assert state.step == 5 and abs(part.w.item() - whole.w.item()) < 1e-6
