@@ -22,7 +22,7 @@ import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
 from molgiae.data.targets import get_target, target_values
-from molgiae.symmetry import same_up_to_relabelling
+from molgiae.symmetry import distance_fingerprint, fingerprints_agree
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
 
@@ -188,7 +188,7 @@ def conformer_pairs(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.nda
 def relabelled_pairs(keys: np.ndarray, coords: Sequence[np.ndarray], elements: Sequence[np.ndarray]) -> np.ndarray:
     """For the pairs of :func:`conformer_pairs` (same order): whether the two conformers are one
     structure up to a relabelling of equivalent atoms or a mirror image
-    (:func:`molgiae.symmetry.same_up_to_relabelling`): e.g. a methyl group turned by 120°, whose
+    (as :func:`molgiae.symmetry.same_up_to_relabelling`): e.g. a methyl group turned by 120°, whose
     fixed-order rmsd is large while a permutation-invariant code cannot tell the two apart. → bool [P]."""
     keys = np.asarray(keys)
     order = np.argsort(keys, kind="stable")
@@ -199,9 +199,9 @@ def relabelled_pairs(keys: np.ndarray, coords: Sequence[np.ndarray], elements: S
             continue
         ia, ib = np.triu_indices(len(members), 1)
         x = torch.from_numpy(np.stack([np.asarray(coords[i], np.float64) for i in members]))
-        numbers = torch.from_numpy(np.asarray(elements[members[0]], np.int64)).expand(len(ia), -1)
-        mask = torch.ones(numbers.shape, dtype=torch.bool)
-        flags.append(same_up_to_relabelling(x[ia], x[ib], numbers, mask).numpy())
+        numbers = torch.from_numpy(np.asarray(elements[members[0]], np.int64)).expand(len(members), -1)
+        fp = distance_fingerprint(x, numbers, torch.ones(numbers.shape, dtype=torch.bool))  # once per conformer
+        flags.append(fingerprints_agree(fp[ia], fp[ib]).numpy())
     return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
 
 

@@ -77,11 +77,11 @@ def distance_fingerprint(pos: torch.Tensor, species: torch.Tensor, mask: torch.T
     """The interatomic distances of each molecule sorted within each (element, element) block: the
     same for any relabelling of atoms, rotation, translation or reflection.
 
-    pos [P, N, 3], species [P, N] (vocabulary index), mask [P, N] → [P, N²] (padding pairs +inf, last)."""
+    pos [P, N, 3], species [P, N] (vocabulary index or atomic number, < 128), mask [P, N] → [P, N²]
+    (padding pairs +inf, last)."""
     pos = pos.double()  # float64: the block offsets below would cost float32 its last digits
     d = torch.cdist(pos, pos)
-    vocab = int(species.max()) + 1 if species.numel() else 1
-    block = (species.unsqueeze(2) * vocab + species.unsqueeze(1)).double()  # element-pair id
+    block = (species.unsqueeze(2) * 128 + species.unsqueeze(1)).double()  # element-pair id (no device sync)
     key = block * 1000.0 + d  # distances < 1000 Å keep the blocks apart
     real = mask.unsqueeze(2) & mask.unsqueeze(1)
     return key.masked_fill(~real, float("inf")).flatten(1).sort(-1).values
@@ -93,6 +93,10 @@ def same_up_to_relabelling(a: torch.Tensor, b: torch.Tensor, species: torch.Tens
     relabelling of equivalent atoms (a methyl group turned by 120°) or a mirror image: their sorted
     distances agree within ``tol`` Å. Their fixed-order rmsd is large while a permutation-invariant
     code cannot tell them apart. a, b [P, N, 3], species and mask [P, N] → bool [P]."""
-    fa, fb = distance_fingerprint(a, species, mask), distance_fingerprint(b, species, mask)
+    return fingerprints_agree(distance_fingerprint(a, species, mask), distance_fingerprint(b, species, mask), tol)
+
+
+def fingerprints_agree(fa: torch.Tensor, fb: torch.Tensor, tol: float = RELABELLING_TOLERANCE) -> torch.Tensor:
+    """Rows of two :func:`distance_fingerprint` results [P, N²] that agree within ``tol`` Å. → bool [P]."""
     diff = (fa - fb).abs().nan_to_num(0.0)  # inf - inf on the padding
     return diff.amax(-1) < tol
