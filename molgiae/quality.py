@@ -5,7 +5,8 @@
   the median nearest-neighbour distance, at coordinate noise σ (Å);
 * the Jacobian spectral norm ‖∂z/∂x‖₂ per molecule (power iteration with autograd);
 * conformer awareness on a conformer-ensemble file: Spearman ρ between ‖Δz‖ and aligned rmsd over
-  conformer pairs of one molecule, and the sibling-nearest-neighbour rate;
+  conformer pairs of one molecule (fixed atom order, and symmetry-aware), and the
+  sibling-nearest-neighbour rate;
 * a linear (ridge) probe of z against the element-count baseline on QM9 targets.
 
 The pure functions take codes, an encode function or a ``pos → z`` function, so they work for any
@@ -22,6 +23,7 @@ import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
 from molgiae.data.targets import get_target, target_values
+from molgiae.automorphism import atom_symmetry, bond_graph, symmetric_pair_rmsds
 from molgiae.symmetry import distance_fingerprint, fingerprints_agree
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
@@ -164,18 +166,23 @@ def pair_rmsds(coords: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(sq[ia] + sq[ib] - 2.0 * overlap, 0.0) / P.shape[1])
 
 
+def conformer_groups(keys: np.ndarray) -> list[np.ndarray]:
+    """Indices of the conformers of each molecule with ≥ 2 conformers (keys [C]), molecules in key
+    order, conformers in input order: the grouping behind every pairwise figure below."""
+    keys = np.asarray(keys)
+    order = np.argsort(keys, kind="stable")
+    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+    return [members for members in np.split(order, starts[1:]) if len(members) >= 2]
+
+
 def conformer_pairs(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of conformers sharing a key (same molecule, same atom order).
 
     Returns ‖z_a − z_b‖ [P], aligned rmsd [P] (Å) and the pair's key [P], molecules in key order."""
     keys = np.asarray(keys)
     codes = np.asarray(codes, np.float64)
-    order = np.argsort(keys, kind="stable")
-    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
     dz, rmsd, owner = [], [], []
-    for members in np.split(order, starts[1:]):
-        if len(members) < 2:
-            continue
+    for members in conformer_groups(keys):
         ia, ib = np.triu_indices(len(members), 1)
         dz.append(np.linalg.norm(codes[members[ia]] - codes[members[ib]], axis=1))
         rmsd.append(pair_rmsds(np.stack([coords[i] for i in members])))
@@ -190,13 +197,8 @@ def relabelled_pairs(keys: np.ndarray, coords: Sequence[np.ndarray], elements: S
     structure up to a relabelling of equivalent atoms or a mirror image
     (as :func:`molgiae.symmetry.same_up_to_relabelling`): e.g. a methyl group turned by 120°, whose
     fixed-order rmsd is large while a permutation-invariant code cannot tell the two apart. → bool [P]."""
-    keys = np.asarray(keys)
-    order = np.argsort(keys, kind="stable")
-    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
     flags = []
-    for members in np.split(order, starts[1:]):
-        if len(members) < 2:
-            continue
+    for members in conformer_groups(keys):
         ia, ib = np.triu_indices(len(members), 1)
         x = torch.from_numpy(np.stack([np.asarray(coords[i], np.float64) for i in members]))
         numbers = torch.from_numpy(np.asarray(elements[members[0]], np.int64)).expand(len(members), -1)
@@ -205,18 +207,41 @@ def relabelled_pairs(keys: np.ndarray, coords: Sequence[np.ndarray], elements: S
     return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
 
 
+def symmetric_rmsds(keys: np.ndarray, coords: Sequence[np.ndarray], elements: Sequence[np.ndarray]) -> np.ndarray:
+    """For the pairs of :func:`conformer_pairs` (same order): the symmetry-aware rmsd, minimised over
+    the relabellings of atoms that keep the bond graph (perceived from the molecule's first
+    conformer; :func:`molgiae.automorphism.best_relabelling`). → [P] Å."""
+    out = []
+    for members in conformer_groups(keys):
+        x = np.stack([np.asarray(coords[i], np.float64) for i in members])
+        numbers = np.asarray(elements[members[0]])
+        out.append(symmetric_pair_rmsds(x, atom_symmetry(numbers, bond_graph(numbers, x[0]))))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _per_molecule_rho(dz: np.ndarray, rmsd: np.ndarray, owner: np.ndarray) -> float:
+    """Mean over molecules with ≥ 3 pairs of the Spearman ρ of their pairs (NaN-free ones)."""
+    from scipy.stats import spearmanr
+
+    per = [spearmanr(dz[owner == k], rmsd[owner == k])[0] for k in np.unique(owner) if (owner == k).sum() >= 3]
+    per = [r for r in per if np.isfinite(r)]
+    return float(np.mean(per)) if per else float("nan")
+
+
 def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.ndarray],
                         elements: Sequence[np.ndarray] | None = None) -> dict:
     """How z orders conformers of one molecule. codes [C, D]; keys [C] molecule of each conformer;
     coords: C arrays [n, 3] (conformers of one molecule in one atom order); elements: C arrays [n]
-    (atomic numbers), for the figures without relabelled pairs.
+    (atomic numbers), for the symmetry-aware figures.
 
-    ``spearman_rho``: Spearman ρ of ‖Δz‖ vs aligned rmsd pooled over all same-molecule pairs (the
-    headline); ``spearman_rho_per_molecule_mean``: mean of the per-molecule ρ over molecules with
-    ≥ 3 conformers (NaN-free ones); ``sibling_nn_rate``: fraction of conformers of molecules with
-    ≥ 2 conformers whose nearest other conformer in z (among all C) belongs to the same molecule.
-    With ``elements``: ``n_relabelled_pairs`` (:func:`relabelled_pairs`) and ``spearman_rho_distinct``,
-    the pooled ρ over the other pairs (fixed-order rmsd misstates the distance of relabelled ones)."""
+    ``spearman_rho``: Spearman ρ of ‖Δz‖ vs fixed-order aligned rmsd pooled over all same-molecule
+    pairs (the headline of earlier reports); ``spearman_rho_per_molecule_mean``: mean of the
+    per-molecule ρ over molecules with ≥ 3 pairs; ``sibling_nn_rate``: fraction of conformers of
+    molecules with ≥ 2 conformers whose nearest other conformer in z (among all C) belongs to the
+    same molecule. With ``elements``: ``spearman_rho_symmetric`` (and its per-molecule mean), the
+    same against the symmetry-aware rmsd (:func:`symmetric_rmsds`), the distance a
+    permutation-invariant code can follow; ``n_relabelled_pairs`` (:func:`relabelled_pairs`) and
+    ``spearman_rho_distinct``, the fixed-order ρ over the other pairs."""
     from scipy.stats import spearmanr
 
     keys = np.asarray(keys)
@@ -228,13 +253,15 @@ def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np
         return {**out, "spearman_rho": float("nan"), "spearman_rho_per_molecule_mean": float("nan"),
                 "sibling_nn_rate": float("nan")}
     out["spearman_rho"] = float(spearmanr(dz, rmsd)[0])
+    out["spearman_rho_per_molecule_mean"] = _per_molecule_rho(dz, rmsd, owner)
     if elements is not None:
+        sym = symmetric_rmsds(keys, coords, elements)
+        out["spearman_rho_symmetric"] = float(spearmanr(dz, sym)[0])
+        out["spearman_rho_symmetric_per_molecule_mean"] = _per_molecule_rho(dz, sym, owner)
+        out["median_pair_rmsd"], out["median_pair_rmsd_symmetric"] = float(np.median(rmsd)), float(np.median(sym))
         same = relabelled_pairs(keys, coords, elements)
         out["n_relabelled_pairs"] = int(same.sum())
         out["spearman_rho_distinct"] = float(spearmanr(dz[~same], rmsd[~same])[0]) if (~same).sum() >= 2 else float("nan")
-    per = [spearmanr(dz[owner == k], rmsd[owner == k])[0] for k in np.unique(owner) if (owner == k).sum() >= 3]
-    per = [r for r in per if np.isfinite(r)]
-    out["spearman_rho_per_molecule_mean"] = float(np.mean(per)) if per else float("nan")
     rows = np.flatnonzero(np.isin(keys, np.unique(owner)))
     nn, _ = nearest_neighbours(np.asarray(codes)[rows], codes, self_index=rows)
     out["sibling_nn_rate"] = float(np.mean(keys[nn] == keys[rows]))
@@ -394,6 +421,10 @@ def summary_lines(section: dict) -> list[str]:
         lines.append(f"conformers ({conf['n_conformers']} of {conf['n_molecules']} molecules, {conf['n_pairs']} pairs): "
                      f"Spearman ρ(‖Δz‖, rmsd) {conf['spearman_rho']:.3f} (per-molecule mean "
                      f"{conf['spearman_rho_per_molecule_mean']:.3f}), sibling-NN rate {conf['sibling_nn_rate']:.3f}")
+        if "spearman_rho_symmetric" in conf:
+            lines.append(f"  against the symmetry-aware rmsd (min over atom relabellings that keep the bond graph; median "
+                         f"{conf['median_pair_rmsd_symmetric']:.3f} vs {conf['median_pair_rmsd']:.3f} Å): ρ "
+                         f"{conf['spearman_rho_symmetric']:.3f} (per-molecule mean {conf['spearman_rho_symmetric_per_molecule_mean']:.3f})")
         if "spearman_rho_distinct" in conf:
             lines.append(f"  without the {conf['n_relabelled_pairs']} pairs that are one structure up to relabelled "
                          f"atoms or a mirror image: ρ {conf['spearman_rho_distinct']:.3f}")

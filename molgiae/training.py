@@ -39,6 +39,7 @@ from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import seeded_subset, split_ids
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
+from molgiae.automorphism import SetPairRmsd
 from molgiae.symmetry import same_up_to_relabelling
 from molgiae.train.distributed import (DistInfo, hardware_description, rank_share, setup_distributed,
                                        training_device, wrap_ddp)
@@ -72,14 +73,21 @@ def _set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
 
 
 class _Collate:
-    """DataLoader collate: (local conformer ids, loss weight, global batch size) → (DenseMolecules, ...)."""
+    """DataLoader collate: (local conformer ids, loss weight, global batch size, pairs [P, 2] of rows)
+    → (DenseMolecules, weight, global batch size, pairs, pair rmsd [P] Å). The pairs' distances are
+    ``pair_rmsd``'s (symmetry-aware, :class:`SetPairRmsd`; computed here, beside the batch, so a
+    DataLoader's workers take them off the training loop); zeros without it."""
 
-    def __init__(self, data: ConformerSet):
+    def __init__(self, data: ConformerSet, pair_rmsd: SetPairRmsd | None = None):
         self.data = data
+        self.pair_rmsd = pair_rmsd
 
     def __call__(self, item):
         ids, weight, n_global, pairs = item
-        return batch_from_set(self.data, ids), weight, n_global, torch.from_numpy(pairs)
+        rmsd = np.zeros(len(pairs))
+        if len(pairs) and self.pair_rmsd is not None:
+            rmsd = self.pair_rmsd(ids[pairs[:, 0]], ids[pairs[:, 1]])
+        return batch_from_set(self.data, ids), weight, n_global, torch.from_numpy(pairs), torch.from_numpy(rmsd)
 
 
 def conformer_siblings(keys: np.ndarray, ids: np.ndarray) -> dict[int, np.ndarray]:
@@ -142,13 +150,16 @@ MIN_PAIR_RMSD = 0.05
 
 
 def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolecules, noise: torch.Tensor | None,
-                       tc: TrainConfig, bf16: bool, pairs: torch.Tensor | None = None) -> torch.Tensor:
+                       tc: TrainConfig, bf16: bool, pairs: torch.Tensor | None = None,
+                       pair_rmsd: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of one batch: reconstruction of the clean ``target`` from the input moved
     by ``tc.coord_noise * noise`` ([B, N, 3] standard normal, or None without noise), plus
     ``lambda_smooth`` × :func:`code_smoothness`, ``lambda_denoise`` × :func:`noise_prediction_loss`
     and ``lambda_conformer`` × :func:`conformer_metric` over ``pairs`` [P, 2] (rows of the batch
-    that are conformers of one molecule; pairs under :data:`MIN_PAIR_RMSD` and pairs that are one
-    structure up to a relabelling of atoms, :func:`same_up_to_relabelling`, left out). ``net`` runs the forward (the model, or its DDP wrapper),
+    that are conformers of one molecule) at distances ``pair_rmsd`` [P] (Å; the symmetry-aware rmsd,
+    :class:`molgiae.automorphism.SetPairRmsd`; None: the fixed-order Kabsch rmsd of the batch's
+    coordinates); pairs under :data:`MIN_PAIR_RMSD` and pairs that are one structure up to a
+    relabelling of atoms or a mirror image (:func:`same_up_to_relabelling`) left out). ``net`` runs the forward (the model, or its DDP wrapper),
     ``model.encode`` the clean code; ``bf16``: under bf16 autocast. → scalar."""
     mols = target
     if tc.coord_noise > 0:
@@ -165,7 +176,7 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     if tc.lambda_conformer > 0 and pairs is not None and len(pairs) >= 2:
         with torch.no_grad():
             a, b, mask = target.pos[pairs[:, 0]], target.pos[pairs[:, 1]], target.mask[pairs[:, 0]]
-            rmsd = aligned_pair_rmsd(a, b, mask)
+            rmsd = aligned_pair_rmsd(a, b, mask) if pair_rmsd is None else pair_rmsd.to(a.dtype)
             relabelled = same_up_to_relabelling(a, b, out.encoding.species[pairs[:, 0]], mask)
         keep = (rmsd >= MIN_PAIR_RMSD) & ~relabelled
         loss = loss + tc.lambda_conformer * conformer_metric(out.encoding.z, pairs[keep], rmsd[keep])
@@ -304,6 +315,7 @@ class AutoencoderTask:
             raise ValueError("lambda_denoise needs a model with a noise head (--noise-head)")
         self.siblings = conformer_siblings(data.keys, self.train_ids) if tc.lambda_conformer > 0 else {}
         self._pair_pool: tuple[np.ndarray, np.ndarray] | None = None  # built on first use (conformer_pairs)
+        self.pair_rmsd = SetPairRmsd(data) if tc.lambda_conformer > 0 else None  # the term's distances
         if tc.lambda_conformer > 0:
             if dist_info.enabled:
                 raise ValueError("--lambda-conformer is not supported under torchrun yet (its pairs would be split "
@@ -430,7 +442,7 @@ class AutoencoderTask:
             else:
                 ids_k, pairs = self.with_siblings(chunk, [state.epoch_seed, k])
                 items.append((ids_k, 1.0, len(chunk), pairs))
-        collate = _Collate(self.data)
+        collate = _Collate(self.data, self.pair_rmsd)
         if self.tc.num_workers == 0:
             return len(batches), map(collate, items)
         return len(batches), torch.utils.data.DataLoader(
@@ -481,10 +493,11 @@ class AutoencoderTask:
     def loss(self, item) -> tuple[torch.Tensor, float, int]:
         """Reconstruction loss of the clean conformer from (optionally) noisy coordinates, plus
         ``lambda_smooth`` times :func:`code_smoothness` (:func:`training_objective`)."""
-        batch, weight, n_molecules, pairs = item
+        batch, weight, n_molecules, pairs, pair_rmsd = item
         target = batch.to(self.device, non_blocking=True)
         noise = self._noise(target.pos) if self.tc.coord_noise > 0 else None
-        loss = training_objective(self.net, self.model, target, noise, self.tc, self.use_amp, pairs.to(self.device))
+        loss = training_objective(self.net, self.model, target, noise, self.tc, self.use_amp, pairs.to(self.device),
+                                  pair_rmsd.to(self.device))
         return loss, weight, n_molecules
 
     def _noise(self, pos: torch.Tensor) -> torch.Tensor:

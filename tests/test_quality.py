@@ -220,3 +220,38 @@ def test_evaluate_writes_embedding_section(tiny_checkpoint, qm9_fixture_npz, tmp
     skipped = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--data", str(qm9_fixture_npz),
                                        "--quiet", "--limit", "8", "--no-embedding-metrics"])
     assert skipped.exit_code == 0 and "embedding" not in json.loads(skipped.stdout)
+
+
+def test_symmetric_rho_follows_the_distance_a_permutation_invariant_code_can_see():
+    """Butan-2-ol: four RDKit conformers and a copy of the first with its methyl H labels cycled
+    (one structure). Codes = 1-D, |z| = symmetry-aware rmsd to the first conformer (the copy: 0).
+    The pair (first, copy) is far in fixed order, 0 when symmetry-aware; the reported symmetric ρ
+    is the Spearman ρ against :func:`quality.symmetric_rmsds` and beats the fixed-order one."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+    from scipy.stats import spearmanr
+
+    from molgiae.automorphism import atom_symmetry, best_relabelling, bond_graph
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(O)CC"))
+    ids = AllChem.EmbedMultipleConfs(mol, 4, randomSeed=11)
+    AllChem.MMFFOptimizeMoleculeConfs(mol)
+    elements = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    x = [mol.GetConformer(i).GetPositions() for i in ids]
+    methyl_h = [a.GetIdx() for a in mol.GetAtomWithIdx(0).GetNeighbors() if a.GetAtomicNum() == 1]
+    perm = np.arange(len(elements))
+    perm[methyl_h] = np.roll(methyl_h, 1)
+    coords = x + [x[0][perm]]
+    keys = np.zeros(len(coords), dtype=int)
+    sym = atom_symmetry(elements, bond_graph(elements, x[0]))
+    to_first = best_relabelling(np.stack([x[0]] * len(coords)), np.stack(coords), sym)[0]
+    codes = to_first[:, None]
+    sym_rmsd = quality.symmetric_rmsds(keys, coords, [elements] * len(coords))
+    dz, fixed, _ = quality.conformer_pairs(codes, keys, coords)
+    assert fixed[3] > 0.5 and sym_rmsd[3] < 1e-6  # pair (0, copy): triu order (0,1) (0,2) (0,3) (0,4)
+    assert np.all(sym_rmsd <= fixed + 1e-9)
+    out = quality.conformer_awareness(codes, keys, coords, [elements] * len(coords))
+    assert out["spearman_rho_symmetric"] == pytest.approx(spearmanr(dz, sym_rmsd)[0])
+    assert out["spearman_rho_symmetric"] > out["spearman_rho"]
+    assert out["median_pair_rmsd_symmetric"] <= out["median_pair_rmsd"]
+    assert any("symmetry-aware" in line for line in quality.summary_lines({"conformers": out}))

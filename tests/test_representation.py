@@ -278,7 +278,7 @@ def _with_siblings(data, n_molecules: int, shift: float):
 
 
 def test_conformer_siblings_and_batches_with_partners(tmp_path):
-    from molgiae.training import AutoencoderTask, conformer_siblings
+    from molgiae.training import AutoencoderTask, aligned_pair_rmsd, conformer_siblings
     from molgiae.train.distributed import DistInfo
 
     keys = np.array([5, 7, 5, 9, 7, 7])
@@ -293,11 +293,13 @@ def test_conformer_siblings_and_batches_with_partners(tmp_path):
                            DistInfo(), None, lambda m: None, quiet=True)
     _, inputs = task.epoch_inputs(task.state)
     n_pairs = 0
-    for batch, weight, n, pairs in inputs:
-        assert len(batch.numbers) == n + len(pairs)
-        for a, b in pairs.tolist():
+    for batch, weight, n, pairs, pair_rmsd in inputs:
+        assert len(batch.numbers) == n + len(pairs) and pair_rmsd.shape == (len(pairs),)
+        for (a, b), r in zip(pairs.tolist(), pair_rmsd.tolist()):
             assert torch.equal(batch.numbers[a], batch.numbers[b])  # the same molecule, the same atoms
             assert not torch.equal(batch.pos[a], batch.pos[b])
+            fixed = aligned_pair_rmsd(batch.pos[a:a + 1].double(), batch.pos[b:b + 1].double(), batch.mask[a:a + 1])
+            assert 0 < r <= float(fixed) + 1e-5  # symmetry-aware: never above the fixed-order rmsd
         n_pairs += len(pairs)
     assert n_pairs >= 20
 
@@ -319,7 +321,7 @@ def test_conformer_pairs_fills_every_batch_without_padding_or_dropping_molecules
     plain, filled = batches(0), batches(6)
     assert len(plain) == len(filled)
     more = 0
-    for (b0, _, n0, p0), (b1, _, n1, p1) in zip(plain, filled):
+    for (b0, _, n0, p0, _), (b1, _, n1, p1, _) in zip(plain, filled):
         assert n0 == n1 and torch.equal(b1.numbers[:n1], b0.numbers[:n0])  # the epoch's own molecules, unchanged
         assert b1.numbers.shape[1] == b0.numbers.shape[1]  # the extra molecules add no padding
         assert len(p1) >= len(p0)
@@ -329,7 +331,7 @@ def test_conformer_pairs_fills_every_batch_without_padding_or_dropping_molecules
             assert sizes.min() <= (b1.numbers[a] > 0).sum() <= sizes.max()
         more += len(p1) - len(p0)
     assert more > 0
-    assert sum(len(p) >= 6 for _, _, _, p in filled) > sum(len(p) >= 6 for _, _, _, p in plain)
+    assert sum(len(p) >= 6 for _, _, _, p, _ in filled) > sum(len(p) >= 6 for _, _, _, p, _ in plain)
     with pytest.raises(ValueError, match="needs lambda_conformer"):
         TrainConfig(conformer_pairs=4)
 
@@ -406,4 +408,56 @@ def test_relabelled_and_mirrored_conformers_are_recognised_and_left_out_of_the_m
     cfg.train.lambda_conformer = 0.0
     plain = training_objective(model, model, batch, None, cfg.train, False, pairs)
     cfg.train.lambda_conformer = 10.0
-    assert not torch.equal(training_objective(model, model, batch, None, cfg.train, False, pairs), plain)
+    with_term = training_objective(model, model, batch, None, cfg.train, False, pairs)
+    assert not torch.equal(with_term, plain)
+    # given distances (the symmetry-aware ones of SetPairRmsd) replace the fixed-order rmsd
+    fixed = aligned_pair_rmsd(batch.pos[[0, 2]], batch.pos[[1, 3]], batch.mask[[0, 2]])
+    assert torch.allclose(training_objective(model, model, batch, None, cfg.train, False, pairs, fixed), with_term)
+    other = fixed * torch.tensor([1.0, 3.0], dtype=torch.float64)
+    assert not torch.allclose(training_objective(model, model, batch, None, cfg.train, False, pairs, other), with_term)
+
+
+def test_training_pairs_get_symmetry_aware_distances(tmp_path):
+    """A set holding QM9 molecules and copies with the atoms of each terminal group (CH3, NH2 H)
+    cycled and the whole copy rotated: one structure each. The pairs the task hands the conformer
+    term get distance ≈ 0 (so MIN_PAIR_RMSD leaves them out), where the fixed-order rmsd is large
+    (failed before: the term's distance was the fixed-order rmsd of the batch)."""
+    from molgiae.automorphism import atom_symmetry, bond_graph
+    from molgiae.data.conformers import ConformerSet
+    from molgiae.group import random_rotation
+    from molgiae.training import MIN_PAIR_RMSD, AutoencoderTask, aligned_pair_rmsd
+    from molgiae.train.distributed import DistInfo
+
+    copies, ids = [], []
+    for i in range(len(DATA)):
+        a, b = DATA.ptr[i], DATA.ptr[i + 1]
+        elements, x = DATA.elements[a:b], DATA.coords[a:b].astype(np.float64)
+        groups = atom_symmetry(elements, bond_graph(elements, x)).groups
+        if not groups:
+            continue
+        perm = np.arange(len(x))
+        for g in groups:
+            perm[g] = np.roll(g, 1)
+        R = random_rotation(torch.Generator().manual_seed(i), dtype=torch.float64).numpy()
+        copies.append(x[perm] @ R.T)
+        ids.append(i)
+        if len(ids) == 40:
+            break
+    copy = DATA.subset(np.array(ids))
+    data = ConformerSet(elements=np.concatenate([DATA.elements, copy.elements]),
+                        coords=np.concatenate([DATA.coords, np.concatenate(copies)]).astype(np.float32),
+                        ptr=np.r_[DATA.ptr, DATA.ptr[-1] + copy.ptr[1:]].astype(np.int64),
+                        keys=np.concatenate([DATA.keys, copy.keys]), names=np.concatenate([DATA.names, copy.names]))
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
+                 TrainConfig(epochs=1, batch_size=16, lambda_conformer=1.0, val_fraction=0.0, test_fraction=0.0))
+    splits = {"train": np.arange(len(data)), "val": np.zeros(0, np.int64), "test": np.zeros(0, np.int64)}
+    task = AutoencoderTask(cfg, data, splits, tmp_path, torch.device("cpu"), DistInfo(), None, lambda m: None, quiet=True)
+    fixed, given = [], []
+    for batch, _, _, pairs, pair_rmsd in task.epoch_inputs(task.state)[1]:
+        for (a, b), r in zip(pairs.tolist(), pair_rmsd.tolist()):
+            fixed.append(float(aligned_pair_rmsd(batch.pos[a:a + 1].double(), batch.pos[b:b + 1].double(),
+                                                 batch.mask[a:a + 1])))
+            given.append(r)
+    assert len(given) >= 10
+    assert max(given) < 1e-3 < MIN_PAIR_RMSD
+    assert np.median(fixed) > 0.3
