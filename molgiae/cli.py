@@ -110,6 +110,11 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: 0)."),
     lambda_smooth: Optional[float] = typer.Option(None, "--lambda-smooth", help="Weight of the code-smoothness term: "
                                                   "how far --coord-noise moves z, over the batch's spread of z (default: 0)."),
+    lambda_smooth_local: Optional[float] = typer.Option(None, "--lambda-smooth-local", help="Weight of the local "
+                                                        "code-smoothness term: a second encoder pass at "
+                                                        "--smooth-sigma noise (default: 0)."),
+    smooth_sigma: Optional[float] = typer.Option(None, "--smooth-sigma", help="Noise (Å) of the local smoothness "
+                                                 "term's pass (default: 0.01)."),
     noise_head: Optional[bool] = typer.Option(None, "--noise-head/--no-noise-head", help="A per-atom head "
                                               "that predicts the input noise (default: off)."),
     lambda_denoise: Optional[float] = typer.Option(None, "--lambda-denoise", help="Weight of the atom-level "

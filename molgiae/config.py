@@ -79,6 +79,11 @@ class TrainConfig:
     coord_noise: float = 0.0  # std (Å) of Gaussian noise on input coordinates while training
     # weight of the code-smoothness term (training.code_smoothness; needs coord_noise > 0)
     lambda_smooth: float = 0.0
+    # weight of the local code-smoothness term: code_smoothness of a second encoder pass at
+    # coordinate noise smooth_sigma (Å), scaled by (0.1 / smooth_sigma)² — the steep spots of z
+    # are local (1e-2 Å moves some codes by more than 0.1 Å does), so the input noise misses them
+    lambda_smooth_local: float = 0.0
+    smooth_sigma: float = 0.01
     # weight of the atom-level denoising term (training.noise_prediction_loss; needs coord_noise > 0
     # and ModelConfig.noise_head)
     lambda_denoise: float = 0.0
@@ -126,6 +131,9 @@ class TrainConfig:
         if self.conformer_pairs > 0 and not self.lambda_conformer > 0:
             raise ValueError(f"conformer_pairs {self.conformer_pairs} needs lambda_conformer > 0 (the pairs feed "
                              f"the conformer-metric term); pass --lambda-conformer too")
+        if self.lambda_smooth_local < 0 or not self.smooth_sigma > 0:
+            raise ValueError(f"lambda_smooth_local must be >= 0 and smooth_sigma > 0, not "
+                             f"{self.lambda_smooth_local} and {self.smooth_sigma}")
         if self.lambda_smooth > 0 and not self.coord_noise > 0:
             raise ValueError(f"lambda_smooth {self.lambda_smooth} needs coord_noise > 0 (the term measures how far "
                              f"that noise moves z); without it the term would be silently off")

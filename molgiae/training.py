@@ -119,6 +119,19 @@ def code_smoothness(noisy_z: torch.Tensor, clean_z: torch.Tensor) -> torch.Tenso
     return ((noisy_z.float() - clean_z) ** 2).sum(-1).mean() / spread.clamp_min(1e-12)
 
 
+def local_smoothness(model: GroupInvariantAutoencoder, target: DenseMolecules, clean_z: torch.Tensor, sigma: float,
+                     bf16: bool) -> torch.Tensor:
+    """:func:`code_smoothness` between the codes of ``target`` moved by N(0, sigma²) noise (with
+    gradient) and of ``target`` itself, times ``(0.1 / sigma)²`` (so a locally linear z scores as at
+    0.1 Å while a spike steeper at small scale than at 0.1 Å weighs more). One more encoder pass.
+
+    target: B molecules, clean_z [B, D] their codes (a constant) → scalar."""
+    noise = torch.randn_like(target.pos) * target.mask.unsqueeze(-1)
+    with torch.autocast(target.pos.device.type, dtype=torch.bfloat16, enabled=bf16):
+        moved_z = model.encode(target.with_pos(target.pos + sigma * noise)).z
+    return code_smoothness(moved_z, clean_z) * (0.1 / sigma) ** 2
+
+
 def aligned_pair_rmsd(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Rmsd after the best rotation (Kabsch, proper rotations only) of conformer pairs given in the
     same atom order: a, b [P, N, 3], mask [P, N] → [P]."""
@@ -154,7 +167,8 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
                        pair_rmsd: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of one batch: reconstruction of the clean ``target`` from the input moved
     by ``tc.coord_noise * noise`` ([B, N, 3] standard normal, or None without noise), plus
-    ``lambda_smooth`` × :func:`code_smoothness`, ``lambda_denoise`` × :func:`noise_prediction_loss`
+    ``lambda_smooth`` × :func:`code_smoothness`, ``lambda_smooth_local`` × :func:`local_smoothness`,
+    ``lambda_denoise`` × :func:`noise_prediction_loss`
     and ``lambda_conformer`` × :func:`conformer_metric` over ``pairs`` [P, 2] (rows of the batch
     that are conformers of one molecule) at distances ``pair_rmsd`` [P] (Å; the symmetry-aware rmsd,
     :class:`molgiae.automorphism.SetPairRmsd`; None: the fixed-order Kabsch rmsd of the batch's
@@ -167,10 +181,13 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     with torch.autocast(target.pos.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = net(mols, permutation="straight_through", tau=tc.tau)
     loss = reconstruction_loss(out, target, tc.lambda_type, tc.lambda_perm)["loss"]
-    if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it
+    if tc.lambda_smooth > 0 or tc.lambda_smooth_local > 0:
         with torch.no_grad(), torch.autocast(target.pos.device.type, dtype=torch.bfloat16, enabled=bf16):
             clean_z = model.encode(target).z
+    if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it
         loss = loss + tc.lambda_smooth * code_smoothness(out.encoding.z, clean_z)
+    if tc.lambda_smooth_local > 0:
+        loss = loss + tc.lambda_smooth_local * local_smoothness(model, target, clean_z, tc.smooth_sigma, bf16)
     if tc.lambda_denoise > 0:  # coord_noise > 0 and a noise head: checked at the start
         loss = loss + tc.lambda_denoise * noise_prediction_loss(out.encoding.atom_noise, noise, target.mask)
     if tc.lambda_conformer > 0 and pairs is not None and len(pairs) >= 2:
@@ -316,6 +333,9 @@ class AutoencoderTask:
         self.siblings = conformer_siblings(data.keys, self.train_ids) if tc.lambda_conformer > 0 else {}
         self._pair_pool: tuple[np.ndarray, np.ndarray] | None = None  # built on first use (conformer_pairs)
         self.pair_rmsd = SetPairRmsd(data) if tc.lambda_conformer > 0 else None  # the term's distances
+        if tc.lambda_smooth_local > 0 and dist_info.enabled:
+            raise ValueError("--lambda-smooth-local is not supported under torchrun yet (its encoder pass bypasses "
+                             "the DDP wrapper); train on one process")
         if tc.lambda_conformer > 0:
             if dist_info.enabled:
                 raise ValueError("--lambda-conformer is not supported under torchrun yet (its pairs would be split "

@@ -461,3 +461,39 @@ def test_training_pairs_get_symmetry_aware_distances(tmp_path):
     assert len(given) >= 10
     assert max(given) < 1e-3 < MIN_PAIR_RMSD
     assert np.median(fixed) > 0.3
+
+
+def test_local_smoothness_measures_the_local_slope_and_trains_the_encoder():
+    """In float64 at small σ the term is the local slope: the same at σ 1e-4 and 2e-4 (the (0.1/σ)²
+    scaling cancels σ²) and 0 for a batch of one; with a weight it changes the objective and sends
+    gradient to the encoder; negative weights are refused."""
+    from molgiae.training import local_smoothness, training_objective
+
+    model = make("mean_sum").double()
+    batch = dense(model, [molecule(DATA, i, torch.float64) for i in range(8)])
+    with torch.no_grad():
+        clean = model.encode(batch).z
+
+    def at(sigma):
+        torch.manual_seed(3)
+        return float(local_smoothness(model, batch, clean, sigma, False).detach())
+
+    small, smaller = at(2e-4), at(1e-4)
+    assert small > 0 and abs(smaller / small - 1) < 0.02
+    one = dense(model, [molecule(DATA, 0, torch.float64)])
+    assert float(local_smoothness(model, one, model.encode(one).z.detach(), 0.01, False).detach()) == 0.0
+
+    tc = TrainConfig(coord_noise=0.1, lambda_smooth=1.0)
+    torch.manual_seed(0)
+    noise = torch.randn_like(batch.pos)
+    plain = training_objective(model, model, batch, noise, tc, False)
+    tc.lambda_smooth_local = 5.0
+    torch.manual_seed(1)
+    with_local = training_objective(model, model, batch, noise, tc, False)
+    assert float(with_local.detach()) > float(plain.detach())
+    model.zero_grad()
+    local_smoothness(model, batch, clean, 0.01, False).backward()  # the term alone
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.decoder.parameters())
+    with pytest.raises(ValueError, match="lambda_smooth_local"):
+        TrainConfig(lambda_smooth_local=-1.0)
