@@ -87,7 +87,7 @@ def test_no_module_imports_the_package_face():
 FLOORS = {
     "molgiae._version": 1, "molgiae.chem": 1, "molgiae.config": 1, "molgiae.outputs": 1, "molgiae.runtime": 1,
     "molgiae.batch": 1,
-    "molgiae.group": 2, "molgiae.symmetry": 2, "molgiae.painn_equivariant": 2,
+    "molgiae.group": 2, "molgiae.symmetry": 2, "molgiae.automorphism": 2, "molgiae.painn_equivariant": 2,
     "molgiae.model": 3, "molgiae.checkpoint": 3, "molgiae.data": 3,
     "molgiae.train": 4, "molgiae.training": 4, "molgiae.metrics": 4, "molgiae.quality": 4, "molgiae.api": 4,
     "molgiae.embedding": 5, "molgiae.finetune": 5,
