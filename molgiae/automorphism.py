@@ -145,13 +145,17 @@ def _starts(symmetry: AtomSymmetry, reference: np.ndarray) -> tuple[np.ndarray |
     x = reference[anchors] - reference[anchors].mean(0) if anchors.sum() >= 3 else np.zeros((3, 3))
     if np.linalg.svd(x, compute_uv=False)[1] / np.sqrt(len(x)) > 0.05:
         return anchors.astype(float), [np.arange(n)]
-    starts = []
-    for combo in itertools.islice(itertools.product(*(itertools.permutations(g) for g in symmetry.groups)), MAX_STARTS):
+    return None, list(itertools.islice(_group_orders(symmetry), MAX_STARTS))
+
+
+def _group_orders(symmetry: AtomSymmetry):
+    """Every order within the terminal groups, as atom orders [n] (identity outside the groups)."""
+    n = symmetry.skeleton.shape[1]
+    for combo in itertools.product(*(itertools.permutations(g) for g in symmetry.groups)):
         order = np.arange(n)
         for g, p in zip(symmetry.groups, combo):
             order[g] = p
-        starts.append(order)
-    return None, starts
+        yield order
 
 
 def all_relabellings(symmetry: AtomSymmetry, limit: int = MAX_EXACT) -> np.ndarray | None:
@@ -160,14 +164,8 @@ def all_relabellings(symmetry: AtomSymmetry, limit: int = MAX_EXACT) -> np.ndarr
     sizes = [len(g) for g in symmetry.groups]
     if len(symmetry.skeleton) * int(np.prod([math.factorial(k) for k in sizes] or [1])) > limit:
         return None
-    n = symmetry.skeleton.shape[1]
-    orders = []
-    for combo in itertools.product(*(itertools.permutations(g) for g in symmetry.groups)):
-        order = np.arange(n)
-        for g, p in zip(symmetry.groups, combo):
-            order[g] = p
-        orders.append(order)
-    return np.concatenate([perm[np.stack(orders)] for perm in symmetry.skeleton])
+    orders = np.stack(list(_group_orders(symmetry)))
+    return np.concatenate([perm[orders] for perm in symmetry.skeleton])
 
 
 def _exhaustive(a: np.ndarray, b: np.ndarray, perms: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
