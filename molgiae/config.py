@@ -170,4 +170,7 @@ class Config:
         d = self.to_dict()
         for section, options in (("model", model or {}), ("train", train or {})):
             d[section].update({k: v for k, v in options.items() if v is not None})
+        train = train or {}
+        if train.get("lambda_conformer") == 0 and train.get("conformer_pairs") is None:
+            d["train"]["conformer_pairs"] = 0  # the term turned off takes its extra pairs with it
         return Config.from_dict(d)

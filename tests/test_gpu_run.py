@@ -93,7 +93,13 @@ def test_train_from_init_weights(tmp_path):
     cfg.train.warmup_steps, cfg.train.device, cfg.train.init_from = 1, "cpu", str(BUNDLED)
     # as tools/gpu_run.py trains it: QM9 alone, eager (the bundled model's last stage used
     # conformer pairs from ensembles and torch.compile)
-    cfg.train.lambda_conformer, cfg.train.compile, cfg.train.cpu_bf16 = 0.0, False, False
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from gpu_run import for_qm9_payload
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    for_qm9_payload(cfg.train)
+    Config.from_dict(cfg.to_dict())  # a valid config, as the checkpoint it writes must be
     data = load_qm9_npz([FIXTURE])
     splits = split_ids(data.keys, 0.05, 0.05, 0)
     state = train(cfg, data, splits, tmp_path, quiet=True)

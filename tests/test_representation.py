@@ -497,3 +497,15 @@ def test_local_smoothness_measures_the_local_slope_and_trains_the_encoder():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.decoder.parameters())
     with pytest.raises(ValueError, match="lambda_smooth_local"):
         TrainConfig(lambda_smooth_local=-1.0)
+
+
+def test_turning_the_conformer_term_off_takes_its_extra_pairs_with_it():
+    """The bundled model trained with --conformer-pairs 16; continuing it on QM9 alone with
+    --lambda-conformer 0 must give a valid config (failed before: 'conformer_pairs 16 needs
+    lambda_conformer > 0'). Asking for pairs without the term is still an error."""
+    cfg = Config(train=TrainConfig(lambda_conformer=1.0, conformer_pairs=16))
+    off = cfg.with_options(train={"lambda_conformer": 0.0, "conformer_pairs": None, "epochs": 2})
+    assert (off.train.lambda_conformer, off.train.conformer_pairs, off.train.epochs) == (0.0, 0, 2)
+    assert cfg.with_options(train={"lr": 1e-4}).train.conformer_pairs == 16  # untouched otherwise
+    with pytest.raises(ValueError, match="needs lambda_conformer"):
+        cfg.with_options(train={"lambda_conformer": 0.0, "conformer_pairs": 8})

@@ -88,6 +88,13 @@ def sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- one step, as train() takes it
+def for_qm9_payload(tc) -> None:
+    """Adapt a checkpoint's TrainConfig in place to the payload: QM9 alone (one conformer per
+    molecule), so no conformer-metric term nor its extra pairs; and the sweep timed the eager
+    step, so train that (no torch.compile, no CPU bf16)."""
+    tc.lambda_conformer, tc.conformer_pairs, tc.compile, tc.cpu_bf16 = 0.0, 0, False, False
+
+
 def loss_and_backward(model, batch, device, tc, amp: bool, seed: int = 0, with_output: bool = False):
     """The training objective of ``train()`` on one batch (denoising input noise drawn on the CPU
     from ``seed``, so the CPU and the device see the same noise; the smoothness term included),
@@ -395,9 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.train.checkpoint_every = max(1, int(steps_per_min * args.checkpoint_seconds / 120))  # about twice a copy period
     cfg.train.device, cfg.train.num_workers, cfg.train.max_val_molecules = str(device), num_workers, 1000
     cfg.train.init_from = str(ckpt_path)  # its weights; a fresh optimizer, schedule and run state
-    # the payload is QM9 alone (one conformer per molecule): no pairs for the conformer-metric term
-    # the checkpoint may have been trained with; and the sweep timed the eager step, so train that
-    cfg.train.lambda_conformer, cfg.train.compile, cfg.train.cpu_bf16 = 0.0, False, False
+    for_qm9_payload(cfg.train)
     summary["training"] = {"batch_size": bs, "lr": lr, "lr_rule": "given" if args.lr else
                            f"sqrt: min({args.max_lr:g}, {tc.lr:g} * sqrt({bs}/{tc.batch_size}))", "epochs_planned": epochs,
                            "time_limit_s": train_s, "num_workers": num_workers,
