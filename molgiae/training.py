@@ -172,8 +172,10 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     and ``lambda_conformer`` × :func:`conformer_metric` over ``pairs`` [P, 2] (rows of the batch
     that are conformers of one molecule) at distances ``pair_rmsd`` [P] (Å; the symmetry-aware rmsd,
     :class:`molgiae.automorphism.SetPairRmsd`; None: the fixed-order Kabsch rmsd of the batch's
-    coordinates); pairs under :data:`MIN_PAIR_RMSD` and pairs that are one structure up to a
-    relabelling of atoms or a mirror image (:func:`same_up_to_relabelling`) left out). ``net`` runs the forward (the model, or its DDP wrapper),
+    coordinates); pairs under :data:`MIN_PAIR_RMSD` left out, and with the fixed-order rmsd also pairs
+    that are one structure up to a relabelling of atoms or a mirror image (:func:`same_up_to_relabelling`,
+    which cannot tell the two apart; the symmetry-aware distance can, so given distances keep mirror-image
+    conformers, which the code must tell apart). ``net`` runs the forward (the model, or its DDP wrapper),
     ``model.encode`` the clean code; ``bf16``: under bf16 autocast. → scalar."""
     mols = target
     if tc.coord_noise > 0:
@@ -193,9 +195,13 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     if tc.lambda_conformer > 0 and pairs is not None and len(pairs) >= 2:
         with torch.no_grad():
             a, b, mask = target.pos[pairs[:, 0]], target.pos[pairs[:, 1]], target.mask[pairs[:, 0]]
-            rmsd = aligned_pair_rmsd(a, b, mask) if pair_rmsd is None else pair_rmsd.to(a.dtype)
-            relabelled = same_up_to_relabelling(a, b, out.encoding.species[pairs[:, 0]], mask)
-        keep = (rmsd >= MIN_PAIR_RMSD) & ~relabelled
+            if pair_rmsd is None:
+                rmsd = aligned_pair_rmsd(a, b, mask)
+                keep = ~same_up_to_relabelling(a, b, out.encoding.species[pairs[:, 0]], mask)
+            else:  # relabelled copies are at ≈ 0 here; mirror images at their real distance
+                rmsd = pair_rmsd.to(a.dtype)
+                keep = torch.ones_like(rmsd, dtype=torch.bool)
+        keep = keep & (rmsd >= MIN_PAIR_RMSD)
         loss = loss + tc.lambda_conformer * conformer_metric(out.encoding.z, pairs[keep], rmsd[keep])
     return loss
 

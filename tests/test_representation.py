@@ -417,6 +417,51 @@ def test_relabelled_and_mirrored_conformers_are_recognised_and_left_out_of_the_m
     assert not torch.allclose(training_objective(model, model, batch, None, cfg.train, False, pairs, other), with_term)
 
 
+def test_mirror_image_conformers_count_in_the_term_with_symmetry_aware_distances():
+    """Two conformers of butan-2-ol, each paired with its mirror image: distance fingerprints cannot tell
+    a mirror image from a relabelling, but the symmetry-aware rmsd (proper rotations only) can, and the
+    code is not mirror-invariant. With given distances the pairs count in the conformer term (failed
+    before: the fingerprint check dropped every mirror-image pair); with the fixed-order fallback they
+    are still left out, and relabelled copies (distance ≈ 0) are left out either way."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from molgiae.automorphism import atom_symmetry, bond_graph, symmetric_pair_rmsds
+    from molgiae.batch import DenseMolecules
+    from molgiae.model import GroupInvariantAutoencoder
+    from molgiae.training import training_objective
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCC(C)O"))
+    AllChem.EmbedMultipleConfs(mol, 2, randomSeed=3)
+    AllChem.MMFFOptimizeMoleculeConfs(mol)
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    x1, x2 = (c.GetPositions() for c in mol.GetConformers())
+    sym = atom_symmetry(numbers, bond_graph(numbers, x1))
+    flip = np.array([1.0, 1.0, -1.0])
+    distances = [symmetric_pair_rmsds(np.stack([x, x * flip]), sym)[0] for x in (x1, x2)]
+    assert min(distances) > 0.3  # different structures, not relabelled copies
+    methyl_h = [n.GetIdx() for n in mol.GetAtomWithIdx(0).GetNeighbors() if n.GetAtomicNum() == 1]
+    relabelled = x1.copy()
+    relabelled[methyl_h] = x1[methyl_h[1:] + methyl_h[:1]]
+    assert symmetric_pair_rmsds(np.stack([x1, relabelled]), sym)[0] < 1e-6
+
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1))
+    model = GroupInvariantAutoencoder(cfg.model).double()
+
+    def objective(rows, given, weight):
+        batch = DenseMolecules(numbers=torch.from_numpy(numbers).unsqueeze(0).expand(4, -1),
+                               pos=torch.from_numpy(np.stack(rows)), mask=torch.ones(4, len(numbers), dtype=torch.bool))
+        cfg.train.lambda_conformer = weight
+        return training_objective(model, model, batch, None, cfg.train, False, torch.tensor([[0, 1], [2, 3]]), given)
+
+    mirrors = [x1, x1 * flip, x2, x2 * flip]
+    given = torch.tensor(distances, dtype=torch.float64)
+    assert not torch.equal(objective(mirrors, given, 10.0), objective(mirrors, given, 0.0))
+    assert torch.equal(objective(mirrors, None, 10.0), objective(mirrors, None, 0.0))  # fixed order: left out
+    copies, zero = [x1, relabelled, x1, relabelled], torch.zeros(2, dtype=torch.float64)
+    assert torch.equal(objective(copies, zero, 10.0), objective(copies, zero, 0.0))
+
+
 def test_training_pairs_get_symmetry_aware_distances(tmp_path):
     """A set holding QM9 molecules and copies with the atoms of each terminal group (CH3, NH2 H)
     cycled and the whole copy rotated: one structure each. The pairs the task hands the conformer
