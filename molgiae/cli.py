@@ -127,6 +127,10 @@ def train(
     conformer_pairs: Optional[int] = typer.Option(None, "--conformer-pairs", help="With --lambda-conformer: at "
                                                   "least this many conformer pairs per batch, adding multi-conformer "
                                                   "molecules of the batch's sizes (default: 0, only those it holds)."),
+    lambda_separation: Optional[float] = typer.Option(None, "--lambda-separation", help="Weight of the "
+                                                      "conformer-separation term: each conformer's partner nearer "
+                                                      "in z than any other molecule of the batch (default: 0; "
+                                                      "needs --lambda-conformer)."),
     cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on the CPU "
                                             "(as on CUDA; faster on CPUs with AMX / AVX-512 BF16; default: off)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "

@@ -93,6 +93,9 @@ class TrainConfig:
     # with the conformer term: at least this many conformer pairs per batch (0: only the pairs the
     # batch happens to hold); extra multi-conformer molecules of the batch's size range are added
     conformer_pairs: int = 0
+    # weight of the conformer-separation term (training.conformer_separation): each conformer's
+    # partner nearer in z than any other molecule of the batch; rides on the conformer term's pairs
+    lambda_separation: float = 0.0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0
@@ -131,6 +134,11 @@ class TrainConfig:
         if self.conformer_pairs > 0 and not self.lambda_conformer > 0:
             raise ValueError(f"conformer_pairs {self.conformer_pairs} needs lambda_conformer > 0 (the pairs feed "
                              f"the conformer-metric term); pass --lambda-conformer too")
+        if self.lambda_separation < 0:
+            raise ValueError(f"lambda_separation must be >= 0, not {self.lambda_separation}")
+        if self.lambda_separation > 0 and not self.lambda_conformer > 0:
+            raise ValueError(f"lambda_separation {self.lambda_separation} needs lambda_conformer > 0 (it uses the "
+                             f"conformer term's pairs); pass --lambda-conformer too")
         if self.lambda_smooth_local < 0 or not self.smooth_sigma > 0:
             raise ValueError(f"lambda_smooth_local must be >= 0 and smooth_sigma > 0, not "
                              f"{self.lambda_smooth_local} and {self.smooth_sigma}")
@@ -171,6 +179,8 @@ class Config:
         for section, options in (("model", model or {}), ("train", train or {})):
             d[section].update({k: v for k, v in options.items() if v is not None})
         train = train or {}
-        if train.get("lambda_conformer") == 0 and train.get("conformer_pairs") is None:
-            d["train"]["conformer_pairs"] = 0  # the term turned off takes its extra pairs with it
+        if train.get("lambda_conformer") == 0:  # the term turned off takes its pairs' users with it
+            for rider in ("conformer_pairs", "lambda_separation"):
+                if train.get(rider) is None:
+                    d["train"][rider] = 0
         return Config.from_dict(d)

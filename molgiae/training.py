@@ -74,9 +74,10 @@ def _set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
 
 class _Collate:
     """DataLoader collate: (local conformer ids, loss weight, global batch size, pairs [P, 2] of rows)
-    → (DenseMolecules, weight, global batch size, pairs, pair rmsd [P] Å). The pairs' distances are
-    ``pair_rmsd``'s (symmetry-aware, :class:`SetPairRmsd`; computed here, beside the batch, so a
-    DataLoader's workers take them off the training loop); zeros without it."""
+    → (DenseMolecules, weight, global batch size, pairs, pair rmsd [P] Å, groups [B]). The pairs'
+    distances are ``pair_rmsd``'s (symmetry-aware, :class:`SetPairRmsd`; computed here, beside the
+    batch, so a DataLoader's workers take them off the training loop); zeros without it. ``groups``:
+    the molecule of each row as a small integer (rows of one molecule share it)."""
 
     def __init__(self, data: ConformerSet, pair_rmsd: SetPairRmsd | None = None):
         self.data = data
@@ -87,7 +88,9 @@ class _Collate:
         rmsd = np.zeros(len(pairs))
         if len(pairs) and self.pair_rmsd is not None:
             rmsd = self.pair_rmsd(ids[pairs[:, 0]], ids[pairs[:, 1]])
-        return batch_from_set(self.data, ids), weight, n_global, torch.from_numpy(pairs), torch.from_numpy(rmsd)
+        groups = np.unique(self.data.keys[ids], return_inverse=True)[1].reshape(-1).astype(np.int64)
+        return (batch_from_set(self.data, ids), weight, n_global, torch.from_numpy(pairs), torch.from_numpy(rmsd),
+                torch.from_numpy(groups))
 
 
 def conformer_siblings(keys: np.ndarray, ids: np.ndarray) -> dict[int, np.ndarray]:
@@ -157,6 +160,33 @@ def conformer_metric(z: torch.Tensor, pairs: torch.Tensor, rmsd: torch.Tensor) -
     return (dz.log() - rmsd.float().log()).var(unbiased=False)
 
 
+def conformer_separation(z: torch.Tensor, pairs: torch.Tensor, groups: torch.Tensor,
+                         margin: float = 1.5) -> torch.Tensor:
+    """How often a conformer's partner is not nearer in z than every other molecule of the batch:
+    over both ends a of each pair (a, b), ``mean relu(log(margin · |z_a − z_b|) − log min_c |z_a − z_c|)``
+    with c over the rows of *other* molecules. 0 when each partner is ``margin`` times nearer than
+    the nearest other molecule; scale-free (a common factor on z cancels), so it asks conformers of
+    one molecule to gather relative to the spread of molecules, which the conformer-metric term
+    (distances proportional to rmsd, up to a free constant) leaves open.
+
+    z [B, D]; pairs [P, 2] rows of one molecule; groups [B] the molecule of each row → scalar; 0
+    without pairs or without another molecule in the batch."""
+    if len(pairs) == 0:
+        return z.sum() * 0.0
+    z = z.float()
+    anchors = torch.cat([pairs[:, 0], pairs[:, 1]])
+    partners = torch.cat([pairs[:, 1], pairs[:, 0]])
+    d = torch.cdist(z[anchors], z).clamp_min(1e-6)  # [2P, B]
+    other = groups[anchors].unsqueeze(1) != groups.unsqueeze(0)
+    if not bool(other.any()):
+        return z.sum() * 0.0
+    nearest_other = d.masked_fill(~other, float("inf")).min(1).values
+    positive = d.gather(1, partners.unsqueeze(1)).squeeze(1)
+    valid = torch.isfinite(nearest_other)
+    gap = torch.log(margin * positive[valid]) - torch.log(nearest_other[valid])
+    return torch.relu(gap).mean()
+
+
 #: pairs closer than this (Å) are left out of the conformer-metric term (near-duplicates, whose
 #: log-ratio would be dominated by noise)
 MIN_PAIR_RMSD = 0.05
@@ -164,7 +194,7 @@ MIN_PAIR_RMSD = 0.05
 
 def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolecules, noise: torch.Tensor | None,
                        tc: TrainConfig, bf16: bool, pairs: torch.Tensor | None = None,
-                       pair_rmsd: torch.Tensor | None = None) -> torch.Tensor:
+                       pair_rmsd: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of one batch: reconstruction of the clean ``target`` from the input moved
     by ``tc.coord_noise * noise`` ([B, N, 3] standard normal, or None without noise), plus
     ``lambda_smooth`` × :func:`code_smoothness`, ``lambda_smooth_local`` × :func:`local_smoothness`,
@@ -175,7 +205,8 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     coordinates); pairs under :data:`MIN_PAIR_RMSD` left out, and with the fixed-order rmsd also pairs
     that are one structure up to a relabelling of atoms or a mirror image (:func:`same_up_to_relabelling`,
     which cannot tell the two apart; the symmetry-aware distance can, so given distances keep mirror-image
-    conformers, which the code must tell apart). ``net`` runs the forward (the model, or its DDP wrapper),
+    conformers, which the code must tell apart); ``lambda_separation`` × :func:`conformer_separation`
+    over the same pairs, with ``groups`` [B] the molecule of each row. ``net`` runs the forward (the model, or its DDP wrapper),
     ``model.encode`` the clean code; ``bf16``: under bf16 autocast. → scalar."""
     mols = target
     if tc.coord_noise > 0:
@@ -203,6 +234,8 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
                 keep = torch.ones_like(rmsd, dtype=torch.bool)
         keep = keep & (rmsd >= MIN_PAIR_RMSD)
         loss = loss + tc.lambda_conformer * conformer_metric(out.encoding.z, pairs[keep], rmsd[keep])
+        if tc.lambda_separation > 0 and groups is not None:
+            loss = loss + tc.lambda_separation * conformer_separation(out.encoding.z, pairs[keep], groups)
     return loss
 
 
@@ -519,11 +552,11 @@ class AutoencoderTask:
     def loss(self, item) -> tuple[torch.Tensor, float, int]:
         """Reconstruction loss of the clean conformer from (optionally) noisy coordinates, plus
         ``lambda_smooth`` times :func:`code_smoothness` (:func:`training_objective`)."""
-        batch, weight, n_molecules, pairs, pair_rmsd = item
+        batch, weight, n_molecules, pairs, pair_rmsd, groups = item
         target = batch.to(self.device, non_blocking=True)
         noise = self._noise(target.pos) if self.tc.coord_noise > 0 else None
         loss = training_objective(self.net, self.model, target, noise, self.tc, self.use_amp, pairs.to(self.device),
-                                  pair_rmsd.to(self.device))
+                                  pair_rmsd.to(self.device), groups.to(self.device))
         return loss, weight, n_molecules
 
     def _noise(self, pos: torch.Tensor) -> torch.Tensor:

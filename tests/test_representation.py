@@ -293,7 +293,7 @@ def test_conformer_siblings_and_batches_with_partners(tmp_path):
                            DistInfo(), None, lambda m: None, quiet=True)
     _, inputs = task.epoch_inputs(task.state)
     n_pairs = 0
-    for batch, weight, n, pairs, pair_rmsd in inputs:
+    for batch, weight, n, pairs, pair_rmsd, _ in inputs:
         assert len(batch.numbers) == n + len(pairs) and pair_rmsd.shape == (len(pairs),)
         for (a, b), r in zip(pairs.tolist(), pair_rmsd.tolist()):
             assert torch.equal(batch.numbers[a], batch.numbers[b])  # the same molecule, the same atoms
@@ -321,7 +321,7 @@ def test_conformer_pairs_fills_every_batch_without_padding_or_dropping_molecules
     plain, filled = batches(0), batches(6)
     assert len(plain) == len(filled)
     more = 0
-    for (b0, _, n0, p0, _), (b1, _, n1, p1, _) in zip(plain, filled):
+    for (b0, _, n0, p0, _, _), (b1, _, n1, p1, _, _) in zip(plain, filled):
         assert n0 == n1 and torch.equal(b1.numbers[:n1], b0.numbers[:n0])  # the epoch's own molecules, unchanged
         assert b1.numbers.shape[1] == b0.numbers.shape[1]  # the extra molecules add no padding
         assert len(p1) >= len(p0)
@@ -331,7 +331,7 @@ def test_conformer_pairs_fills_every_batch_without_padding_or_dropping_molecules
             assert sizes.min() <= (b1.numbers[a] > 0).sum() <= sizes.max()
         more += len(p1) - len(p0)
     assert more > 0
-    assert sum(len(p) >= 6 for _, _, _, p, _ in filled) > sum(len(p) >= 6 for _, _, _, p, _ in plain)
+    assert sum(len(p) >= 6 for _, _, _, p, _, _ in filled) > sum(len(p) >= 6 for _, _, _, p, _, _ in plain)
     with pytest.raises(ValueError, match="needs lambda_conformer"):
         TrainConfig(conformer_pairs=4)
 
@@ -498,7 +498,7 @@ def test_training_pairs_get_symmetry_aware_distances(tmp_path):
     splits = {"train": np.arange(len(data)), "val": np.zeros(0, np.int64), "test": np.zeros(0, np.int64)}
     task = AutoencoderTask(cfg, data, splits, tmp_path, torch.device("cpu"), DistInfo(), None, lambda m: None, quiet=True)
     fixed, given = [], []
-    for batch, _, _, pairs, pair_rmsd in task.epoch_inputs(task.state)[1]:
+    for batch, _, _, pairs, pair_rmsd, _ in task.epoch_inputs(task.state)[1]:
         for (a, b), r in zip(pairs.tolist(), pair_rmsd.tolist()):
             fixed.append(float(aligned_pair_rmsd(batch.pos[a:a + 1].double(), batch.pos[b:b + 1].double(),
                                                  batch.mask[a:a + 1])))
@@ -548,9 +548,71 @@ def test_turning_the_conformer_term_off_takes_its_extra_pairs_with_it():
     """The bundled model trained with --conformer-pairs 16; continuing it on QM9 alone with
     --lambda-conformer 0 must give a valid config (failed before: 'conformer_pairs 16 needs
     lambda_conformer > 0'). Asking for pairs without the term is still an error."""
-    cfg = Config(train=TrainConfig(lambda_conformer=1.0, conformer_pairs=16))
+    cfg = Config(train=TrainConfig(lambda_conformer=1.0, conformer_pairs=16, lambda_separation=0.5))
     off = cfg.with_options(train={"lambda_conformer": 0.0, "conformer_pairs": None, "epochs": 2})
     assert (off.train.lambda_conformer, off.train.conformer_pairs, off.train.epochs) == (0.0, 0, 2)
+    assert off.train.lambda_separation == 0.0
     assert cfg.with_options(train={"lr": 1e-4}).train.conformer_pairs == 16  # untouched otherwise
     with pytest.raises(ValueError, match="needs lambda_conformer"):
         cfg.with_options(train={"lambda_conformer": 0.0, "conformer_pairs": 8})
+
+
+def test_conformer_separation_is_zero_when_partners_are_nearest_and_scale_free():
+    """Hand-made codes: two molecules with two conformers each. Partners nearer (by the margin) than
+    the other molecule: 0. A partner farther than the other molecule: log(margin · d_pos / d_neg)
+    exactly, the same for 10 × z; it pulls the partners together and pushes the other molecule away;
+    rows of the anchor's own molecule never count as negatives; no other molecule or no pairs: 0."""
+    from molgiae.training import conformer_separation
+
+    z = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [5.0, 0.2]])
+    pairs, groups = torch.tensor([[0, 1], [2, 3]]), torch.tensor([0, 0, 1, 1])
+    assert float(conformer_separation(z, pairs, groups, margin=2.0)) == 0.0
+    far = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [1.0, 0.1]], requires_grad=True)
+    loss = conformer_separation(far, torch.tensor([[0, 1]]), groups, margin=1.5)
+    # anchor 0: partner at 3.0, nearest other molecule at 1.0; anchor 1: partner 3.0, nearest other 2.0
+    expected = (math.log(1.5 * 3.0 / 1.0) + math.log(1.5 * 3.0 / 2.0)) / 2
+    assert abs(float(loss.detach()) - expected) < 1e-5
+    assert abs(float(conformer_separation(10 * far, torch.tensor([[0, 1]]), groups, margin=1.5).detach()) - expected) < 1e-5
+    # descending the term alone makes each partner the anchor's nearest neighbour
+    codes = far.detach().clone().requires_grad_(True)
+    opt = torch.optim.SGD([codes], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        conformer_separation(codes, torch.tensor([[0, 1]]), groups, margin=1.5).backward()
+        opt.step()
+    d = torch.cdist(codes.detach(), codes.detach()) + 1e9 * torch.eye(4)
+    assert d[0].argmin() == 1 and d[1].argmin() == 0
+    # a third conformer of molecule 0 near the anchor is not a negative
+    z3 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.05, 0.0], [9.0, 0.0]])
+    assert float(conformer_separation(z3, torch.tensor([[0, 1]]), torch.tensor([0, 0, 0, 1]), margin=1.5)) == 0.0
+    assert float(conformer_separation(z3, torch.tensor([[0, 1]]), torch.tensor([0, 0, 0, 0]))) == 0.0
+    assert float(conformer_separation(z3, torch.zeros((0, 2), dtype=torch.long), torch.tensor([0, 0, 0, 1]))) == 0.0
+    with pytest.raises(ValueError, match="needs lambda_conformer"):
+        TrainConfig(lambda_separation=1.0)
+
+
+def test_training_with_the_separation_term(tmp_path):
+    """The term in a real run: the collate hands each row's molecule; the objective changes with the
+    term's weight on a batch where a partner is not the nearest molecule."""
+    from molgiae.train.distributed import DistInfo
+    from molgiae.training import AutoencoderTask, training_objective
+
+    data = _with_siblings(DATA, 60, 0.3)
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1),
+                 TrainConfig(epochs=1, batch_size=16, lambda_conformer=1.0, lambda_separation=1.0))
+    task = AutoencoderTask(cfg, data, split_ids(data.keys, 0.1, 0.1, 0), tmp_path, torch.device("cpu"),
+                           DistInfo(), None, lambda m: None, quiet=True)
+    changed = 0
+    for batch, _, _, pairs, pair_rmsd, groups in task.epoch_inputs(task.state)[1]:
+        assert groups.shape == (len(batch.numbers),)
+        for a, b in pairs.tolist():
+            assert groups[a] == groups[b]
+        if len(pairs) >= 2:
+            cfg.train.lambda_separation = 0.0
+            plain = training_objective(task.model, task.model, batch, None, cfg.train, False, pairs, pair_rmsd, groups)
+            cfg.train.lambda_separation = 1.0
+            changed += not torch.equal(plain, training_objective(task.model, task.model, batch, None, cfg.train,
+                                                                 False, pairs, pair_rmsd, groups))
+    assert changed >= 1
+    state = train(cfg, data, split_ids(data.keys, 0.1, 0.1, 0), tmp_path / "run", quiet=True, log=lambda m: None)
+    assert state.step > 0 and math.isfinite(state.history[-1]["train_loss"])

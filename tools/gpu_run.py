@@ -92,7 +92,8 @@ def for_qm9_payload(tc) -> None:
     """Adapt a checkpoint's TrainConfig in place to the payload: QM9 alone (one conformer per
     molecule), so no conformer-metric term nor its extra pairs; and the sweep timed the eager
     step, so train that (no torch.compile, no CPU bf16)."""
-    tc.lambda_conformer, tc.conformer_pairs, tc.compile, tc.cpu_bf16 = 0.0, 0, False, False
+    tc.lambda_conformer, tc.conformer_pairs, tc.lambda_separation = 0.0, 0, 0.0
+    tc.compile, tc.cpu_bf16 = False, False
 
 
 def loss_and_backward(model, batch, device, tc, amp: bool, seed: int = 0, with_output: bool = False):
