@@ -180,11 +180,10 @@ def conformer_separation(z: torch.Tensor, pairs: torch.Tensor, groups: torch.Ten
     other = groups[anchors].unsqueeze(1) != groups.unsqueeze(0)
     if not bool(other.any()):
         return z.sum() * 0.0
+    # with two molecules in the batch every anchor has a row of another one: all minima are finite
     nearest_other = d.masked_fill(~other, float("inf")).min(1).values
     positive = d.gather(1, partners.unsqueeze(1)).squeeze(1)
-    valid = torch.isfinite(nearest_other)
-    gap = torch.log(margin * positive[valid]) - torch.log(nearest_other[valid])
-    return torch.relu(gap).mean()
+    return torch.relu(torch.log(margin * positive) - torch.log(nearest_other)).mean()
 
 
 #: pairs closer than this (Å) are left out of the conformer-metric term (near-duplicates, whose
@@ -225,14 +224,13 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
         loss = loss + tc.lambda_denoise * noise_prediction_loss(out.encoding.atom_noise, noise, target.mask)
     if tc.lambda_conformer > 0 and pairs is not None and len(pairs) >= 2:
         with torch.no_grad():
-            a, b, mask = target.pos[pairs[:, 0]], target.pos[pairs[:, 1]], target.mask[pairs[:, 0]]
             if pair_rmsd is None:
+                a, b, mask = target.pos[pairs[:, 0]], target.pos[pairs[:, 1]], target.mask[pairs[:, 0]]
                 rmsd = aligned_pair_rmsd(a, b, mask)
-                keep = ~same_up_to_relabelling(a, b, out.encoding.species[pairs[:, 0]], mask)
+                keep = ~same_up_to_relabelling(a, b, out.encoding.species[pairs[:, 0]], mask) & (rmsd >= MIN_PAIR_RMSD)
             else:  # relabelled copies are at ≈ 0 here; mirror images at their real distance
-                rmsd = pair_rmsd.to(a.dtype)
-                keep = torch.ones_like(rmsd, dtype=torch.bool)
-        keep = keep & (rmsd >= MIN_PAIR_RMSD)
+                rmsd = pair_rmsd.to(target.pos.dtype)
+                keep = rmsd >= MIN_PAIR_RMSD
         loss = loss + tc.lambda_conformer * conformer_metric(out.encoding.z, pairs[keep], rmsd[keep])
         if tc.lambda_separation > 0 and groups is not None:
             loss = loss + tc.lambda_separation * conformer_separation(out.encoding.z, pairs[keep], groups)
