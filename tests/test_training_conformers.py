@@ -71,3 +71,15 @@ def test_excluded_molecules_are_never_drawn(tmp_path):
     out = run_tool(tmp_path, "--molecules", "50", "--embed", "3", "--keep", "2",
                    "--exclude", str(tmp_path / "exclude.npz"))
     assert set(np.load(out)["index"].astype(int).tolist()) <= set(keep.tolist())
+
+
+def test_a_second_batch_leaves_out_the_molecules_of_the_first(tmp_path):
+    """--exclude also takes an ensemble file, so a second batch (another --seed) adds new molecules
+    instead of repeating ones whose conformers (seeded per molecule) would be identical."""
+    first = run_tool(tmp_path, "--molecules", "5", "--embed", "3", "--keep", "2")
+    first_keys = set(np.load(first)["index"].astype(int).tolist())
+    first.rename(tmp_path / "first.npz")
+    out = run_tool(tmp_path, "--molecules", "5", "--embed", "3", "--keep", "2", "--seed", "1",
+                   "--exclude", str(tmp_path / "first.npz"))
+    second_keys = set(np.load(out)["index"].astype(int).tolist())
+    assert first_keys and second_keys and not first_keys & second_keys

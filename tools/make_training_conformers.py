@@ -139,12 +139,22 @@ def write(out: str, rows: list[dict], rdkit_version: str) -> None:
     )
 
 
+def excluded_keys(path: str) -> set[int]:
+    """QM9 indices in ``path``: a molgiae QM9 npz, or a conformer-ensemble npz (its ``index``),
+    so a second batch of ensembles can leave out the molecules of the first."""
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["format_version"]).startswith("molgiae-conformers-npz"):
+            return {int(k) for k in f["index"]}
+    return {int(k) for k in load_qm9_npz([path]).keys}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("qm9", nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--molecules", type=int, default=4000)
-    ap.add_argument("--exclude", nargs="*", default=[])
+    ap.add_argument("--exclude", nargs="*", default=[],
+                    help="QM9 npz or conformer-ensemble npz files whose molecules are left out")
     ap.add_argument("--embed", type=int, default=12)
     ap.add_argument("--keep", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -152,7 +162,7 @@ def main() -> None:
     from rdkit import RDLogger, rdBase
     RDLogger.DisableLog("rdApp.*")
     data = load_qm9_npz(args.qm9)
-    exclude = {int(k) for p in args.exclude for k in load_qm9_npz([p]).keys}
+    exclude = set().union(*(excluded_keys(p) for p in args.exclude))
     rows, skipped, t0 = [], [], time.time()
     chosen = choose_molecules(data, args.molecules, exclude, args.seed)
     for n_done, i in enumerate(chosen):
