@@ -4,7 +4,8 @@
 
 For every pair of conformers of one molecule in ENSEMBLES (same atom order): aligned rmsd of the
 inputs and of their reconstructions, ‖Δz‖, and whether the two are one structure up to relabelled
-atoms or a mirror image (``molgiae.quality.relabelled_pairs``). Prints the reconstruction error, the
+atoms (symmetry-aware rmsd under ``molgiae.automorphism.SAME_STRUCTURE_RMSD``; a mirror image of a
+chiral conformer is a distinct structure). Prints the reconstruction error, the
 pair-rmsd distribution, Spearman ρ of input vs reconstructed pair rmsd (does the decoder resolve
 conformers?) and of ‖Δz‖ vs each, and the variance of log(‖Δz‖/rmsd) — the conformer-metric term's
 quantity — with and without relabelled pairs; then the same against the symmetry-aware rmsd
@@ -32,7 +33,8 @@ def main() -> None:
     from molgiae.data.batching import make_batch, size_sorted_batches
     from molgiae.data.loading import load_conformers
     from molgiae.model import molecule_scores
-    from molgiae.quality import conformer_pairs, relabelled_pairs, set_molecules, symmetric_rmsds
+    from molgiae.automorphism import SAME_STRUCTURE_RMSD
+    from molgiae.quality import conformer_pairs, set_molecules, symmetric_rmsds
 
     torch.set_num_threads(args.threads)
     model, config = model_from_checkpoint(load_checkpoint(args.model))
@@ -54,8 +56,8 @@ def main() -> None:
     keys = np.asarray(ens.keys)[ok]
     dz, rmsd, _ = conformer_pairs(codes, keys, coords)
     _, rmsd_rec, _ = conformer_pairs(codes, keys, recon)
-    same = relabelled_pairs(keys, coords, elements)
     sym = symmetric_rmsds(keys, coords, elements)
+    same = sym < SAME_STRUCTURE_RMSD  # one structure: a copy or a relabelled copy (mirror images are apart)
     log_ratio = np.log(np.maximum(dz, 1e-6)) - np.log(rmsd)
     keep = ~same & (rmsd >= 0.05)
     print(f"model {args.model}; {len(ok)} conformers, {len(dz)} pairs of {args.ensembles.name}")
@@ -64,7 +66,7 @@ def main() -> None:
           f"{np.mean(rmsd > np.median(error)):.2f} of pairs above the median reconstruction error")
     print(f"Spearman: input vs reconstructed pair rmsd {spearmanr(rmsd, rmsd_rec)[0]:.3f}; ‖Δz‖ vs input rmsd "
           f"{spearmanr(dz, rmsd)[0]:.3f}; ‖Δz‖ vs reconstructed rmsd {spearmanr(dz, rmsd_rec)[0]:.3f}")
-    print(f"relabelled or mirror-image pairs: {same.sum()} ({same.mean():.1%}); their ‖Δz‖ / median ‖Δz‖ "
+    print(f"pairs that are one structure up to relabelled atoms: {same.sum()} ({same.mean():.1%}); their ‖Δz‖ / median ‖Δz‖ "
           f"{np.median(dz[same]) / np.median(dz) if same.any() else float('nan'):.3f}; ρ without them "
           f"{spearmanr(dz[~same], rmsd[~same])[0]:.3f}")
     print(f"variance of log(‖Δz‖/rmsd): all pairs {log_ratio.var():.3f}, without relabelled ones {log_ratio[keep].var():.3f}; "

@@ -44,6 +44,9 @@ REFINE_ROUNDS = 4
 MAX_EXACT = 1024
 #: starts (orders within the terminal groups) tried when the other atoms cannot fix the first alignment
 MAX_STARTS = 720
+#: two conformers closer than this (Å) under the symmetry-aware rmsd are one structure (a copy, or
+#: the same geometry with equivalent atoms relabelled); a mirror image of a chiral geometry is not
+SAME_STRUCTURE_RMSD = 0.05
 
 
 def bond_graph(elements: np.ndarray, coords: np.ndarray, slack: float = BOND_SLACK) -> np.ndarray:

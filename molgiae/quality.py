@@ -23,8 +23,7 @@ import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
 from molgiae.data.targets import get_target, target_values
-from molgiae.automorphism import atom_symmetry, bond_graph, symmetric_pair_rmsds
-from molgiae.symmetry import distance_fingerprint, fingerprints_agree
+from molgiae.automorphism import SAME_STRUCTURE_RMSD, atom_symmetry, bond_graph, symmetric_pair_rmsds
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
 
@@ -192,21 +191,6 @@ def conformer_pairs(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np.nda
     return np.concatenate(dz), np.concatenate(rmsd), np.concatenate(owner)
 
 
-def relabelled_pairs(keys: np.ndarray, coords: Sequence[np.ndarray], elements: Sequence[np.ndarray]) -> np.ndarray:
-    """For the pairs of :func:`conformer_pairs` (same order): whether the two conformers are one
-    structure up to a relabelling of equivalent atoms or a mirror image
-    (as :func:`molgiae.symmetry.same_up_to_relabelling`): e.g. a methyl group turned by 120°, whose
-    fixed-order rmsd is large while a permutation-invariant code cannot tell the two apart. → bool [P]."""
-    flags = []
-    for members in conformer_groups(keys):
-        ia, ib = np.triu_indices(len(members), 1)
-        x = torch.from_numpy(np.stack([np.asarray(coords[i], np.float64) for i in members]))
-        numbers = torch.from_numpy(np.asarray(elements[members[0]], np.int64)).expand(len(members), -1)
-        fp = distance_fingerprint(x, numbers, torch.ones(numbers.shape, dtype=torch.bool))  # once per conformer
-        flags.append(fingerprints_agree(fp[ia], fp[ib]).numpy())
-    return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
-
-
 def symmetric_rmsds(keys: np.ndarray, coords: Sequence[np.ndarray], elements: Sequence[np.ndarray]) -> np.ndarray:
     """For the pairs of :func:`conformer_pairs` (same order): the symmetry-aware rmsd, minimised over
     the relabellings of atoms that keep the bond graph (perceived from the molecule's first
@@ -240,7 +224,9 @@ def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np
     molecules with ≥ 2 conformers whose nearest other conformer in z (among all C) belongs to the
     same molecule. With ``elements``: ``spearman_rho_symmetric`` (and its per-molecule mean), the
     same against the symmetry-aware rmsd (:func:`symmetric_rmsds`), the distance a
-    permutation-invariant code can follow; ``n_relabelled_pairs`` (:func:`relabelled_pairs`) and
+    permutation-invariant code can follow; ``n_relabelled_pairs``, the pairs that are one structure
+    (symmetry-aware rmsd under :data:`~molgiae.automorphism.SAME_STRUCTURE_RMSD`: copies and relabelled
+    copies; mirror images of a chiral geometry are distinct, as they are to the encoder) and
     ``spearman_rho_distinct``, the fixed-order ρ over the other pairs."""
     from scipy.stats import spearmanr
 
@@ -259,7 +245,7 @@ def conformer_awareness(codes: np.ndarray, keys: np.ndarray, coords: Sequence[np
         out["spearman_rho_symmetric"] = float(spearmanr(dz, sym)[0])
         out["spearman_rho_symmetric_per_molecule_mean"] = _per_molecule_rho(dz, sym, owner)
         out["median_pair_rmsd"], out["median_pair_rmsd_symmetric"] = float(np.median(rmsd)), float(np.median(sym))
-        same = relabelled_pairs(keys, coords, elements)
+        same = sym < SAME_STRUCTURE_RMSD
         out["n_relabelled_pairs"] = int(same.sum())
         out["spearman_rho_distinct"] = float(spearmanr(dz[~same], rmsd[~same])[0]) if (~same).sum() >= 2 else float("nan")
     rows = np.flatnonzero(np.isin(keys, np.unique(owner)))
@@ -427,7 +413,7 @@ def summary_lines(section: dict) -> list[str]:
                          f"{conf['spearman_rho_symmetric']:.3f} (per-molecule mean {conf['spearman_rho_symmetric_per_molecule_mean']:.3f})")
         if "spearman_rho_distinct" in conf:
             lines.append(f"  without the {conf['n_relabelled_pairs']} pairs that are one structure up to relabelled "
-                         f"atoms or a mirror image: ρ {conf['spearman_rho_distinct']:.3f}")
+                         f"atoms: ρ {conf['spearman_rho_distinct']:.3f}")
     for name, p in section.get("probe", {}).items():
         if "skipped" in p:
             lines.append(f"probe {name}: skipped ({p['skipped']})")

@@ -39,7 +39,7 @@ from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import seeded_subset, split_ids
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
-from molgiae.automorphism import SetPairRmsd
+from molgiae.automorphism import SAME_STRUCTURE_RMSD, SetPairRmsd
 from molgiae.symmetry import same_up_to_relabelling
 from molgiae.train.distributed import (DistInfo, hardware_description, rank_share, setup_distributed,
                                        training_device, wrap_ddp)
@@ -188,7 +188,7 @@ def conformer_separation(z: torch.Tensor, pairs: torch.Tensor, groups: torch.Ten
 
 #: pairs closer than this (Å) are left out of the conformer-metric term (near-duplicates, whose
 #: log-ratio would be dominated by noise)
-MIN_PAIR_RMSD = 0.05
+MIN_PAIR_RMSD = SAME_STRUCTURE_RMSD
 
 
 def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolecules, noise: torch.Tensor | None,
