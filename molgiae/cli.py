@@ -131,6 +131,9 @@ def train(
                                                       "conformer-separation term: each conformer's partner nearer "
                                                       "in z than any other molecule of the batch (default: 0; "
                                                       "needs --lambda-conformer)."),
+    lambda_frame: Optional[float] = typer.Option(None, "--lambda-frame", help="Weight of the frame-steadiness "
+                                                 "term: how far --coord-noise turns the predicted rotation "
+                                                 "(default: 0; needs --coord-noise)."),
     cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on the CPU "
                                             "(as on CUDA; faster on CPUs with AMX / AVX-512 BF16; default: off)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "

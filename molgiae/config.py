@@ -96,6 +96,10 @@ class TrainConfig:
     # weight of the conformer-separation term (training.conformer_separation): each conformer's
     # partner nearer in z than any other molecule of the batch; rides on the conformer term's pairs
     lambda_separation: float = 0.0
+    # weight of the frame-steadiness term (training.frame_steadiness): how far --coord-noise turns the
+    # predicted rotation R; needs coord_noise > 0. On the steepest molecules z's steepest direction is the
+    # one in which R swings (a nearly degenerate frame), and z follows the swinging canonical pose
+    lambda_frame: float = 0.0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0
@@ -142,6 +146,11 @@ class TrainConfig:
         if self.lambda_smooth_local < 0 or not self.smooth_sigma > 0:
             raise ValueError(f"lambda_smooth_local must be >= 0 and smooth_sigma > 0, not "
                              f"{self.lambda_smooth_local} and {self.smooth_sigma}")
+        if self.lambda_frame < 0:
+            raise ValueError(f"lambda_frame must be >= 0, not {self.lambda_frame}")
+        if self.lambda_frame > 0 and not self.coord_noise > 0:
+            raise ValueError(f"lambda_frame {self.lambda_frame} needs coord_noise > 0 (the term measures how far "
+                             f"that noise turns the frame); without it the term would be silently off")
         if self.lambda_smooth > 0 and not self.coord_noise > 0:
             raise ValueError(f"lambda_smooth {self.lambda_smooth} needs coord_noise > 0 (the term measures how far "
                              f"that noise moves z); without it the term would be silently off")

@@ -122,6 +122,17 @@ def code_smoothness(noisy_z: torch.Tensor, clean_z: torch.Tensor) -> torch.Tenso
     return ((noisy_z.float() - clean_z) ** 2).sum(-1).mean() / spread.clamp_min(1e-12)
 
 
+def frame_steadiness(noisy_rotation: torch.Tensor, clean_rotation: torch.Tensor) -> torch.Tensor:
+    """How far input noise turns the predicted frame: ``mean_b ‖R̃_b − R_b‖²_F`` (= 4 (1 − cos θ)
+    for a turn by θ; 0 … 8, scale-free). On a nearly degenerate frame (pooled vectors short or nearly
+    parallel) R swings under 0.1 Å of noise, the canonical pose swings with it, and z must follow to
+    reconstruct: on the steepest molecules ∂z/∂x is rank one along the direction R turns fastest.
+    (The noise's own global rotation, ~0.01 rad at 0.1 Å, is left in: it is small.)
+
+    noisy_rotation [B, 3, 3] (with gradient), clean_rotation [B, 3, 3] (a constant) → scalar."""
+    return ((noisy_rotation.float() - clean_rotation.detach().float()) ** 2).sum((1, 2)).mean()
+
+
 def local_smoothness(model: GroupInvariantAutoencoder, target: DenseMolecules, clean_z: torch.Tensor, sigma: float,
                      bf16: bool) -> torch.Tensor:
     """:func:`code_smoothness` between the codes of ``target`` moved by N(0, sigma²) noise (with
@@ -197,7 +208,7 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     """The training loss of one batch: reconstruction of the clean ``target`` from the input moved
     by ``tc.coord_noise * noise`` ([B, N, 3] standard normal, or None without noise), plus
     ``lambda_smooth`` × :func:`code_smoothness`, ``lambda_smooth_local`` × :func:`local_smoothness`,
-    ``lambda_denoise`` × :func:`noise_prediction_loss`
+    ``lambda_denoise`` × :func:`noise_prediction_loss`, ``lambda_frame`` × :func:`frame_steadiness`
     and ``lambda_conformer`` × :func:`conformer_metric` over ``pairs`` [P, 2] (rows of the batch
     that are conformers of one molecule) at distances ``pair_rmsd`` [P] (Å; the symmetry-aware rmsd,
     :class:`molgiae.automorphism.SetPairRmsd`; None: the fixed-order Kabsch rmsd of the batch's
@@ -213,13 +224,15 @@ def training_objective(net, model: GroupInvariantAutoencoder, target: DenseMolec
     with torch.autocast(target.pos.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = net(mols, permutation="straight_through", tau=tc.tau)
     loss = reconstruction_loss(out, target, tc.lambda_type, tc.lambda_perm)["loss"]
-    if tc.lambda_smooth > 0 or tc.lambda_smooth_local > 0:
+    if tc.lambda_smooth > 0 or tc.lambda_smooth_local > 0 or tc.lambda_frame > 0:
         with torch.no_grad(), torch.autocast(target.pos.device.type, dtype=torch.bfloat16, enabled=bf16):
-            clean_z = model.encode(target).z
-    if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it
-        loss = loss + tc.lambda_smooth * code_smoothness(out.encoding.z, clean_z)
+            clean = model.encode(target)
+    if tc.lambda_smooth > 0:  # TrainConfig insists on coord_noise > 0 with it (and with lambda_frame)
+        loss = loss + tc.lambda_smooth * code_smoothness(out.encoding.z, clean.z)
+    if tc.lambda_frame > 0:
+        loss = loss + tc.lambda_frame * frame_steadiness(out.encoding.rotation, clean.rotation)
     if tc.lambda_smooth_local > 0:
-        loss = loss + tc.lambda_smooth_local * local_smoothness(model, target, clean_z, tc.smooth_sigma, bf16)
+        loss = loss + tc.lambda_smooth_local * local_smoothness(model, target, clean.z, tc.smooth_sigma, bf16)
     if tc.lambda_denoise > 0:  # coord_noise > 0 and a noise head: checked at the start
         loss = loss + tc.lambda_denoise * noise_prediction_loss(out.encoding.atom_noise, noise, target.mask)
     if tc.lambda_conformer > 0 and pairs is not None and len(pairs) >= 2:

@@ -616,3 +616,63 @@ def test_training_with_the_separation_term(tmp_path):
     assert changed >= 1
     state = train(cfg, data, split_ids(data.keys, 0.1, 0.1, 0), tmp_path / "run", quiet=True, log=lambda m: None)
     assert state.step > 0 and math.isfinite(state.history[-1]["train_loss"])
+
+
+def test_frame_steadiness_is_the_turn_of_the_frame_and_rotation_invariant():
+    """The term is 4 (1 − cos θ) for a frame turned by θ and 0 for a steady one; on a real model it
+    is the same when molecule and noise are rotated together (the frames turn along); descending it
+    alone steadies the encoder's frame and leaves the decoder alone; without noise it is refused."""
+    from molgiae.group import random_rotation
+    from molgiae.training import frame_steadiness, training_objective
+
+    theta = 0.7
+    c, s = math.cos(theta), math.sin(theta)
+    turned = torch.tensor([[[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    Q = random_rotation(torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert abs(float(frame_steadiness(Q @ turned, Q.unsqueeze(0))) - 4 * (1 - c)) < 1e-6
+    assert float(frame_steadiness(Q.unsqueeze(0), Q.unsqueeze(0))) == 0.0
+
+    model = make("mean_sum").double()
+    mols = [molecule(DATA, i, torch.float64) for i in range(40, 131, 9)]  # asymmetric (the first QM9 molecules
+    batch = dense(model, mols)                                             # are symmetric: frames undefined)
+    noise = 0.1 * torch.randn(batch.pos.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def term(b, eps):
+        with torch.no_grad():
+            clean = model.encode(b).rotation
+        return frame_steadiness(model.encode(b.with_pos(b.pos + eps * b.mask.unsqueeze(-1))).rotation, clean)
+
+    value = term(batch, noise).detach()
+    R = random_rotation(torch.Generator().manual_seed(5), dtype=torch.float64)
+    moved = dense(model, [(z, x @ R.T + 3.0) for z, x in mols])
+    assert float(value) > 1e-4
+    assert abs(float(term(moved, noise @ R.T).detach()) - float(value)) < 1e-6 * max(1.0, float(value))
+
+    tc = TrainConfig(coord_noise=1.0, lambda_smooth=1.0)
+    plain = training_objective(model, model, batch, noise, tc, False).detach()
+    tc.lambda_frame = 2.0
+    assert float(training_objective(model, model, batch, noise, tc, False).detach()) > float(plain)
+
+    model.zero_grad()
+    term(batch, noise).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.decoder.parameters())
+    opt = torch.optim.Adam(model.encoder.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        term(batch, noise).backward()
+        opt.step()
+    assert float(term(batch, noise).detach()) < 0.3 * float(value)
+    with pytest.raises(ValueError, match="coord_noise"):
+        TrainConfig(lambda_frame=1.0)
+    with pytest.raises(ValueError, match="lambda_frame"):
+        TrainConfig(lambda_frame=-1.0, coord_noise=0.1)
+
+
+def test_training_with_the_frame_term_runs_and_records_it(tmp_path):
+    splits = split_ids(DATA.keys, 0.1, 0.1, 0)
+    cfg = Config(ModelConfig(features=16, embedding_dim=16, encoder_layers=1, decoder_layers=1, decoder="transformer"),
+                 TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_steps=1, coord_noise=0.1, lambda_frame=1.0))
+    state = train(cfg, DATA, splits, tmp_path, quiet=True, log=lambda m: None)
+    assert state.step > 0 and load_checkpoint(tmp_path / "last.pt")["config"]["train"]["lambda_frame"] == 1.0
+    assert np.isfinite(state.history[-1]["train_loss"])
