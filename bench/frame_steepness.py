@@ -7,7 +7,8 @@ molecule (power iteration, :func:`molgiae.quality.jacobian_spectral_norms`) and 
 noise of 0.1 Å turns the predicted rotation R (``‖R̃ − R‖²_F`` = 4 (1 − cos θ), mean of ``--draws``
 draws; the quantity of ``--lambda-frame``). Then, for the ``--top`` steepest molecules (float64, full
 Jacobians): the first two singular values of ∂z/∂x, the largest of ∂R/∂x, and |cos| between the
-steepest direction of z and that of R. A rank-one ∂z/∂x aligned with R's swing says z is steep
+steepest direction of z and that of R, and of 16 noise draws the one that turns R most: how far apart
+the two canonical poses are, before and after matching same-element atoms. A rank-one ∂z/∂x aligned with R's swing says z is steep
 because it follows a swinging canonical pose (docs/method.md, section 10). Not a test.
 """
 from __future__ import annotations
@@ -59,6 +60,36 @@ def steepest_directions(model, elements, coords) -> dict:
     return {"jz1": float(sz[0]), "jz2": float(sz[1]), "jr1": float(sr[0]), "cos": abs(float(vz[0] @ vr[0]))}
 
 
+def largest_flip(model, elements, coords, sigma: float, draws: int = 16, seed: int = 1) -> dict:
+    """Of ``draws`` noise draws, the one that turns R most: its turn, how far apart the molecule's
+    canonical coordinates ``(x − t) R`` are under the two frames (what the decoder would have to
+    output), and the same after the best in-place matching of same-element atoms (a lower bound on
+    any relabelling: near 0 would mean the flip is a near-symmetry of the molecule)."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    from molgiae.data.batching import make_batch
+
+    gen = torch.Generator().manual_seed(seed)
+    mols = make_batch([elements], [coords])
+    with torch.no_grad():
+        clean = model.encode(mols)
+        turned = [model.encode(mols.with_pos(mols.pos + torch.randn(mols.pos.shape, generator=gen) * sigma)).rotation[0]
+                  for _ in range(draws)]
+    r0 = clean.rotation[0].double().numpy()
+    turns = [float(((r.double().numpy() - r0) ** 2).sum()) for r in turned]
+    r1 = turned[int(np.argmax(turns))].double().numpy()
+    x = np.asarray(coords, np.float64) - clean.translation[0].double().numpy()
+    c0, c1 = x @ r0, x @ r1
+    matched = c1.copy()
+    for element in np.unique(elements):
+        idx = np.flatnonzero(elements == element)
+        rows, cols = linear_sum_assignment(((c0[idx, None] - c1[None, idx]) ** 2).sum(-1))
+        matched[idx[rows]] = c1[idx[cols]]
+    rms = lambda a: float(np.sqrt(((c0 - a) ** 2).sum(1).mean()))  # noqa: E731
+    return {"largest_turn": max(turns), "poses_apart": rms(c1), "poses_apart_matched": rms(matched)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
@@ -101,13 +132,17 @@ def main() -> None:
           f"{out['frame_turn_median']:.4f}, p95 {out['frame_turn_p95']:.3f}; Spearman with |dz/dx| "
           f"{out['spearman_jacobian_turn']:.3f}; mean on the steepest 5 % {out['frame_turn_mean_steepest_5pct']:.3f} "
           f"vs {out['frame_turn_mean_rest']:.3f}")
-    model64 = model.double()
+    import copy
+
+    model64 = copy.deepcopy(model).double()
     details = []
     for k in np.argsort(-jz)[: args.top]:
         d = steepest_directions(model64, elements[k], np.asarray(coords[k], np.float64))
+        d.update(largest_flip(model, elements[k], coords[k], args.sigma))
         details.append({"qm9_key": int(data.keys[rows[k]]), **d})
         print(f"  key {details[-1]['qm9_key']:6d}: |dz/dx| {d['jz1']:7.1f} (2nd {d['jz2']:5.1f}), |dR/dx| {d['jr1']:6.1f}, "
-              f"|cos(top z direction, top R direction)| {d['cos']:.3f}")
+              f"|cos(top z direction, top R direction)| {d['cos']:.3f}; largest turn of 16 draws {d['largest_turn']:.2f}, "
+              f"canonical poses {d['poses_apart']:.2f} Å apart ({d['poses_apart_matched']:.2f} after matching atoms)")
     out["steepest"] = details
     print(f"total {time.time() - t0:.1f} s wall ({args.threads} thread(s))")
     if args.json:
