@@ -3,21 +3,11 @@ conformational changes, mirror images, and the exhaustive minimum over all autom
 import numpy as np
 import pytest
 import torch
-from rdkit import Chem
-from rdkit.Chem import AllChem
 
 from molgiae.automorphism import atom_symmetry, best_relabelling, bond_graph, symmetric_pair_rmsds
 from molgiae.group import random_rotation
 from molgiae.metrics import kabsch_rmsd
-
-
-def conformers(smiles: str, n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """n MMFF-optimised ETKDG conformers: elements [n_atoms], coords [n, n_atoms, 3]."""
-    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    ids = AllChem.EmbedMultipleConfs(mol, n, randomSeed=seed)
-    AllChem.MMFFOptimizeMoleculeConfs(mol)
-    elements = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-    return elements, np.stack([mol.GetConformer(i).GetPositions() for i in ids])
+from tests.molfiles import conformers
 
 
 def rotate(x: np.ndarray, seed: int) -> np.ndarray:

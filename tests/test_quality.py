@@ -10,6 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from molgiae import quality
+from tests.molfiles import conformers
 
 
 # ----------------------------------------------------------------------------- Jacobian
@@ -102,18 +103,6 @@ def test_conformer_awareness_hand_made_ensemble():
     assert quality.conformer_awareness(shuffled, keys, coords)["spearman_rho"] < 0.5
 
 
-def butanol_conformers(n: int = 12, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """Butan-2-ol (chiral; atoms 5–7 are the H of the C1 methyl): elements [15], MMFF-optimised
-    ETKDG conformers [n, 15, 3]."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    mol = Chem.AddHs(Chem.MolFromSmiles("CCC(C)O"))
-    ids = AllChem.EmbedMultipleConfs(mol, n, randomSeed=seed)
-    AllChem.MMFFOptimizeMoleculeConfs(mol)
-    return np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), np.stack([mol.GetConformer(i).GetPositions() for i in ids])
-
-
 def test_relabelled_pairs_are_counted_apart_and_mirror_images_are_not():
     """Butan-2-ol: a conformer, a copy with two methyl H swapped (one structure, relabelled: fixed-order
     rmsd large, a permutation-invariant code cannot move), the conformer's mirror image (a distinct
@@ -122,7 +111,7 @@ def test_relabelled_pairs_are_counted_apart_and_mirror_images_are_not():
     sorted-distance check used before flagged the mirror-image pair too.)"""
     from scipy.stats import spearmanr
 
-    elements, x = butanol_conformers()
+    elements, x = conformers("CCC(C)O", 12)  # atoms 5-7: the H of the C1 methyl
     swapped, mirror = x[0][[0, 1, 2, 3, 4, 6, 5] + list(range(7, 15))], x[0] * np.array([1.0, 1.0, -1.0])
     candidates = [x[0], mirror] + list(x[1:])
     probe = quality.symmetric_rmsds(np.zeros(len(candidates), int), candidates, [elements] * len(candidates))

@@ -26,7 +26,9 @@ import numpy as np
 
 from molgiae.config import TrainConfig
 from molgiae.data.conformers import load_qm9_npz
+from molgiae.data.ensemble_npz import ENSEMBLE_NPZ_FORMAT
 from molgiae.data.molecules import rdkit_molecule
+from molgiae.data.qm9_npz import npz_format
 from molgiae.data.split import split_ids
 
 KT = 0.0019872043 * 298.15  # kcal/mol at 298.15 K
@@ -142,8 +144,8 @@ def write(out: str, rows: list[dict], rdkit_version: str) -> None:
 def excluded_keys(path: str) -> set[int]:
     """QM9 indices in ``path``: a molgiae QM9 npz, or a conformer-ensemble npz (its ``index``),
     so a second batch of ensembles can leave out the molecules of the first."""
-    with np.load(path, allow_pickle=False) as f:
-        if str(f["format_version"]).startswith("molgiae-conformers-npz"):
+    if npz_format(path).startswith(ENSEMBLE_NPZ_FORMAT):
+        with np.load(path, allow_pickle=False) as f:
             return {int(k) for k in f["index"]}
     return {int(k) for k in load_qm9_npz([path]).keys}
 
