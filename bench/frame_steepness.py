@@ -25,25 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embedding_quality import QM9, test_rows  # noqa: E402
 
 
-def frame_turns(model, elements, coords, sigma: float, draws: int, seed: int = 0) -> np.ndarray:
-    """Mean ``‖R(x + ε) − R(x)‖²_F`` over ``draws`` noise draws ε ~ N(0, σ²) per molecule. → [M]."""
-    import torch
-
-    from molgiae.data.batching import make_batch, size_sorted_batches
-
-    gen = torch.Generator().manual_seed(seed)
-    out = np.zeros(len(elements))
-    for ids in size_sorted_batches([len(e) for e in elements], 64):
-        mols = make_batch([elements[i] for i in ids], [coords[i] for i in ids])
-        with torch.no_grad():
-            clean = model.encode(mols).rotation
-            for _ in range(draws):
-                noise = torch.randn(mols.pos.shape, generator=gen) * sigma * mols.mask.unsqueeze(-1)
-                turned = model.encode(mols.with_pos(mols.pos + noise)).rotation
-                out[ids] += ((turned - clean) ** 2).sum((1, 2)).double().numpy() / draws
-    return out
-
-
 def steepest_directions(model, elements, coords) -> dict:
     """float64 full Jacobians of z and R for one molecule: singular values and direction overlap."""
     import torch
@@ -69,6 +50,7 @@ def largest_flip(model, elements, coords, sigma: float, draws: int = 16, seed: i
     from scipy.optimize import linear_sum_assignment
 
     from molgiae.data.batching import make_batch
+    from molgiae.group import rotation_turn
 
     gen = torch.Generator().manual_seed(seed)
     mols = make_batch([elements], [coords])
@@ -77,7 +59,7 @@ def largest_flip(model, elements, coords, sigma: float, draws: int = 16, seed: i
         turned = [model.encode(mols.with_pos(mols.pos + torch.randn(mols.pos.shape, generator=gen) * sigma)).rotation[0]
                   for _ in range(draws)]
     r0 = clean.rotation[0].double().numpy()
-    turns = [float(((r.double().numpy() - r0) ** 2).sum()) for r in turned]
+    turns = [float(rotation_turn(r.double(), clean.rotation[0].double())) for r in turned]
     r1 = turned[int(np.argmax(turns))].double().numpy()
     x = np.asarray(coords, np.float64) - clean.translation[0].double().numpy()
     c0, c1 = x @ r0, x @ r1
@@ -108,7 +90,7 @@ def main() -> None:
     from molgiae.api import load_model
     from molgiae.checkpoint import load_checkpoint
     from molgiae.data.conformers import load_qm9_npz
-    from molgiae.quality import jacobian_spectral_norms, set_molecules
+    from molgiae.quality import frame_turns, jacobian_spectral_norms, set_molecules
 
     torch.set_num_threads(args.threads)
     t0 = time.time()

@@ -46,6 +46,12 @@ def gram_schmidt(v1: Tensor, v2: Tensor, eps: float = 1e-4) -> Tensor:
     return torch.stack([e1, e2, e3], dim=-1)
 
 
+def rotation_turn(R_a: Tensor, R_b: Tensor) -> Tensor:
+    """How far apart two rotations are: ``‖R_a − R_b‖²_F`` = 4 (1 − cos θ) for θ the angle of
+    ``R_aᵀ R_b`` (0 for the same frame, 8 for a half-turn). R_a, R_b: [..., 3, 3] → [...]."""
+    return ((R_a - R_b) ** 2).sum((-2, -1))
+
+
 def masked_centroid(pos: Tensor, mask: Tensor) -> Tensor:
     """Centroid of the real atoms. pos: [B, N, 3], mask: [B, N] → [B, 3].
 

@@ -4,6 +4,8 @@
 * noise robustness: self-retrieval of noisy copies among the clean codes, and ‖Δz‖ relative to
   the median nearest-neighbour distance, at coordinate noise σ (Å);
 * the Jacobian spectral norm ‖∂z/∂x‖₂ per molecule (power iteration with autograd);
+* frame stability: how far the predicted rotation R turns under the same coordinate noise (where R
+  flips, the canonical pose flips and z must jump with it: ``bench/results/frame_study.md``);
 * conformer awareness on a conformer-ensemble file: Spearman ρ between ‖Δz‖ and aligned rmsd over
   conformer pairs of one molecule (fixed atom order, and symmetry-aware), and the
   sibling-nearest-neighbour rate;
@@ -23,6 +25,7 @@ import torch
 
 from molgiae.data.batching import make_batch, size_sorted_batches
 from molgiae.data.targets import get_target, target_values
+from molgiae.group import rotation_turn
 from molgiae.automorphism import SAME_STRUCTURE_RMSD, atom_symmetry, bond_graph, symmetric_pair_rmsds
 
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
@@ -100,6 +103,46 @@ def noise_robustness(encode_fn: EncodeFn, elements: Sequence[np.ndarray], coords
         out[f"sigma_{sigma:g}"] = {"sigma": float(sigma), "self_retrieval": float(np.mean(hit == np.arange(len(z0)))),
                                    "ratio_median": float(np.median(ratio)), "ratio_max": float(np.max(ratio))}
     return out
+
+
+# ----------------------------------------------------------------------------- frame stability
+FLIP_TURN = 4.0  # ‖R̃ − R‖²_F above 4 = a turn by more than 90°
+
+
+@torch.no_grad()
+def frame_turns(model, elements: Sequence[np.ndarray], coords: Sequence[np.ndarray], sigma: float, draws: int = 1,
+                seed: int = 0, batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+    """Per molecule, the mean over ``draws`` draws of ε ~ N(0, σ²) (seeded) of
+    ``‖R(x + ε) − R(x)‖²_F`` (:func:`molgiae.group.rotation_turn`: 0 … 8), R the predicted rotation.
+    Per-molecule lists as for an encode function → float64 [M]."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = np.zeros(len(elements))
+    for ids in size_sorted_batches([len(e) for e in elements], batch_size):
+        mols = make_batch([elements[i] for i in ids], [coords[i] for i in ids])
+        clean = model.encode(mols.to(device)).rotation
+        for _ in range(draws):
+            noise = torch.randn(mols.pos.shape, generator=gen, dtype=mols.pos.dtype) * sigma * mols.mask.unsqueeze(-1)
+            turned = model.encode(mols.with_pos(mols.pos + noise).to(device)).rotation
+            out[ids] += rotation_turn(turned, clean).double().cpu().numpy() / draws
+    return out
+
+
+def turn_summary(turns: np.ndarray) -> dict:
+    """mean / median / p95 of per-molecule frame turns [M] and ``flip_rate``, the fraction above
+    :data:`FLIP_TURN`."""
+    t = np.asarray(turns, np.float64)
+    return {"n_molecules": int(len(t)), "turn_mean": float(t.mean()), "turn_median": float(np.median(t)),
+            "turn_p95": float(np.percentile(t, 95)), "flip_rate": float(np.mean(t > FLIP_TURN))}
+
+
+def frame_stability(model, elements: Sequence[np.ndarray], coords: Sequence[np.ndarray],
+                    sigmas: Sequence[float] = NOISE_SIGMAS, seed: int = 0, batch_size: int = 64,
+                    device: str | torch.device = "cpu") -> dict:
+    """:func:`turn_summary` of :func:`frame_turns` (one draw) at each σ (Å), keyed ``sigma_<σ>``."""
+    return {f"sigma_{s:g}": {"sigma": float(s), **turn_summary(frame_turns(model, elements, coords, s, 1, seed + k,
+                                                                             batch_size, device))}
+            for k, s in enumerate(sigmas)}
 
 
 # ----------------------------------------------------------------------------- Jacobian norms
@@ -352,7 +395,8 @@ def embedding_metrics(model, data, ids: np.ndarray, ensembles=None, n_noise: int
     """The ``embedding`` section of ``molgiae evaluate`` / the model card for an autoencoder.
 
     ``ids``: the pool of molecules of ``data`` (e.g. the checkpoint's test split). A seeded
-    permutation of it is encoded once: its first ``n_noise`` molecules give the noise robustness,
+    permutation of it is encoded once: its first ``n_noise`` molecules give the noise robustness
+    and the frame stability,
     its first ``n_jacobian`` the Jacobian norms, its first ``n_fit + n_test`` the linear probe (when
     ``data`` has QM9 labels). ``ensembles``: a ConformerSet of conformer ensembles, or None."""
     log = log or (lambda s: None)
@@ -368,6 +412,9 @@ def embedding_metrics(model, data, ids: np.ndarray, ensembles=None, n_noise: int
     out["noise"] = noise_robustness(encode, elements[:k], coords[:k], sigmas, seed, clean=codes[:k])
     seconds["noise"] = time.perf_counter() - t
     log(f"noise robustness: {seconds['noise']:.1f} s")
+    t = time.perf_counter()
+    out["frame"] = frame_stability(model, elements[:k], coords[:k], sigmas, seed, batch_size, device)
+    seconds["frame"] = time.perf_counter() - t
     t = time.perf_counter()
     k = min(n_jacobian, len(pool))
     norms = jacobian_spectral_norms(model, elements[:k], coords[:k], iterations, seed=seed, device=device)
@@ -398,6 +445,9 @@ def summary_lines(section: dict) -> list[str]:
             if key.startswith("sigma_"):
                 lines.append(f"noise σ={v['sigma']:g} Å: self-retrieval {v['self_retrieval']:.3f}, ‖Δz‖/NN median "
                              f"{v['ratio_median']:.3f}, max {v['ratio_max']:.3f}")
+    for v in section.get("frame", {}).values():
+        lines.append(f"frame turn ‖R̃ − R‖²_F at σ={v['sigma']:g} Å ({v['n_molecules']} molecules): mean {v['turn_mean']:.3f}, "
+                     f"median {v['turn_median']:.4f}, p95 {v['turn_p95']:.3f}; turned > 90°: {v['flip_rate']:.3f}")
     jac = section.get("jacobian")
     if jac:
         lines.append(f"‖∂z/∂x‖₂ ({jac['n_molecules']} molecules, {jac['unit']}): p50 {jac['p50']:.4g}, "

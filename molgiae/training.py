@@ -37,6 +37,7 @@ from molgiae.config import Config, TrainConfig
 from molgiae.data.batching import batch_from_set, bucketed_batches, sized_batches
 from molgiae.data.conformers import ConformerSet
 from molgiae.data.split import seeded_subset, split_ids
+from molgiae.group import rotation_turn
 from molgiae.model import GroupInvariantAutoencoder, molecule_scores, reconstruction_loss
 from molgiae.outputs import atomic_csv, atomic_savefig, atomic_write_text, remove_stale_temps
 from molgiae.automorphism import SAME_STRUCTURE_RMSD, SetPairRmsd
@@ -130,7 +131,7 @@ def frame_steadiness(noisy_rotation: torch.Tensor, clean_rotation: torch.Tensor)
     (The noise's own global rotation, ~0.01 rad at 0.1 Å, is left in: it is small.)
 
     noisy_rotation [B, 3, 3] (with gradient), clean_rotation [B, 3, 3] (a constant) → scalar."""
-    return ((noisy_rotation.float() - clean_rotation.detach().float()) ** 2).sum((1, 2)).mean()
+    return rotation_turn(noisy_rotation.float(), clean_rotation.detach().float()).mean()
 
 
 def local_smoothness(model: GroupInvariantAutoencoder, target: DenseMolecules, clean_z: torch.Tensor, sigma: float,

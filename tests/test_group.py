@@ -1,4 +1,5 @@
 """Group functions: Gram–Schmidt rotation, translation, soft/hard permutations."""
+import pytest
 import torch
 
 from molgiae import group
@@ -117,3 +118,19 @@ def test_random_rotation_is_haar_uniform():
     assert np.abs((R**2).mean(0) - 1 / 3).max() < 0.02
     angle = np.arccos(np.clip((np.trace(R, axis1=1, axis2=2) - 1) / 2, -1, 1))
     assert stats.kstest(angle, lambda t: (t - np.sin(t)) / np.pi).pvalue > 1e-3
+
+
+def test_rotation_turn_is_four_times_one_minus_cos_of_the_angle_between_frames():
+    import math
+
+    Q = group.random_rotation(torch.Generator().manual_seed(3), dtype=torch.float64)
+    for theta in (0.0, 0.3, math.pi / 2, math.pi):
+        c, s = math.cos(theta), math.sin(theta)
+        turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        # the same turn about another axis, and in either order: a distance between frames
+        P = group.random_rotation(torch.Generator().manual_seed(4), dtype=torch.float64)
+        about_other_axis = P @ turn @ P.T
+        for a, b in [(Q @ turn, Q), (Q, Q @ turn), (Q @ about_other_axis, Q)]:
+            assert float(group.rotation_turn(a, b)) == pytest.approx(4 * (1 - c), abs=1e-12)
+    batch = torch.stack([Q, -Q.T])
+    assert group.rotation_turn(batch, batch).shape == (2,)

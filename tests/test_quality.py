@@ -45,6 +45,26 @@ def test_model_jacobian_norm_matches_exact_jacobian(tiny_model, qm9_fixture_npz)
         assert g == pytest.approx(torch.linalg.svdvals(J)[0].item(), rel=1e-3)
 
 
+def test_frame_turns_vanish_without_noise_and_stay_within_a_half_turn(tiny_model, qm9_fixture_npz):
+    """No noise: the frame of every molecule (padded batches of several sizes) is exactly where it
+    was; with noise the turns are ‖R̃ − R‖²_F ∈ [0, 8], and larger noise turns the frames further."""
+    from molgiae.data.conformers import load_qm9_npz
+
+    data = load_qm9_npz([qm9_fixture_npz])
+    elements, coords = quality.set_molecules(data, range(40, 131))  # asymmetric molecules of 9-21 atoms
+    model = tiny_model.model
+    assert np.all(quality.frame_turns(model, elements, coords, 0.0, batch_size=16) == 0.0)
+    small, large = (quality.frame_turns(model, elements, coords, s, draws=2, batch_size=16) for s in (0.01, 0.3))
+    assert np.all((small >= 0) & (large <= 8 + 1e-5)) and large.max() > 0
+    assert large.mean() > small.mean()
+
+
+def test_turn_summary_counts_turns_past_a_quarter_turn():
+    s = quality.turn_summary(np.array([0.0, 0.01, 0.02, 3.9, 4.1, 8.0]))
+    assert s["n_molecules"] == 6 and s["flip_rate"] == pytest.approx(2 / 6)
+    assert s["turn_median"] == pytest.approx(0.5 * (0.02 + 3.9)) and s["turn_mean"] == pytest.approx(16.03 / 6)
+
+
 # ----------------------------------------------------------------------------- noise robustness
 def _identity_encoder(scale: float):
     """z = scale · (flattened coordinates of a 2-atom molecule)."""
@@ -207,6 +227,8 @@ def test_evaluate_writes_embedding_section(tiny_checkpoint, qm9_fixture_npz, tmp
     assert emb["noise"]["n_molecules"] == 50
     assert set(emb["noise"]) >= {"sigma_0.01", "sigma_0.05", "sigma_0.1"}
     assert emb["jacobian"]["n_molecules"] == 4 and emb["jacobian"]["max"] >= emb["jacobian"]["p50"] > 0
+    assert set(emb["frame"]) == set(emb["noise"]) - {"n_molecules", "median_nn_distance"}
+    assert all(v["n_molecules"] == 50 and 0 <= v["turn_median"] <= v["turn_p95"] <= 8 for v in emb["frame"].values())
     assert emb["conformers"]["n_conformers"] == 10 and emb["conformers"]["n_pairs"] == 5
     assert set(emb["probe"]) == set(quality.PROBE_TARGETS)
     assert emb["probe"]["U0"]["unit"] == "meV" and emb["probe"]["U0"]["n_fit"] + emb["probe"]["U0"]["n_test"] == 131
@@ -217,6 +239,7 @@ def test_evaluate_writes_embedding_section(tiny_checkpoint, qm9_fixture_npz, tmp
     torch.save(ckpt, carded)
     card = CliRunner().invoke(app, ["info", "--model", str(carded)])
     assert card.exit_code == 0 and "self_retrieval" in card.output and "spearman_rho" in card.output
+    assert "flip_rate" in card.output
     skipped = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--data", str(qm9_fixture_npz),
                                        "--quiet", "--limit", "8", "--no-embedding-metrics"])
     assert skipped.exit_code == 0 and "embedding" not in json.loads(skipped.stdout)
