@@ -105,6 +105,24 @@ def handle_interrupts() -> None:
 
     signal.signal(signal.SIGINT, _sigint)
     signal.signal(signal.SIGTERM, _sigterm)
+    if not getattr(sys.unraisablehook, "_molgiae_quiet", False):
+        sys.unraisablehook = _quiet_about_interruptions(sys.unraisablehook)
+
+
+def _quiet_about_interruptions(previous):
+    """An unraisable hook that drops our interruption exceptions and passes every other one on.
+
+    A signal that arrives while Python runs a callback whose exceptions it cannot raise (a weakref
+    callback such as importlib's module-lock clean-up, a ``__del__``) has its exception printed as
+    "Exception ignored in ..." with a traceback, and swallowed. Ours are recorded by the handler
+    and raised again by :func:`raise_if_interrupted` where the run stops cleanly, so the traceback
+    would only alarm the user."""
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, (Interrupted, Terminated)):
+            previous(unraisable)
+
+    hook._molgiae_quiet = True
+    return hook
 
 
 def raise_if_interrupted() -> None:
