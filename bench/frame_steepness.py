@@ -58,9 +58,9 @@ def largest_flip(model, elements, coords, sigma: float, draws: int = 16, seed: i
         clean = model.encode(mols)
         turned = [model.encode(mols.with_pos(mols.pos + torch.randn(mols.pos.shape, generator=gen) * sigma)).rotation[0]
                   for _ in range(draws)]
-    r0 = clean.rotation[0].double().numpy()
-    turns = [float(rotation_turn(r.double(), clean.rotation[0].double())) for r in turned]
-    r1 = turned[int(np.argmax(turns))].double().numpy()
+    r0 = clean.rotation[0].double()
+    turns = [float(rotation_turn(r.double(), r0)) for r in turned]
+    r0, r1 = r0.numpy(), turned[int(np.argmax(turns))].double().numpy()
     x = np.asarray(coords, np.float64) - clean.translation[0].double().numpy()
     c0, c1 = x @ r0, x @ r1
     matched = c1.copy()
@@ -101,7 +101,7 @@ def main() -> None:
     rows = np.random.default_rng(args.seed).permutation(rows)[: args.n]
     elements, coords = set_molecules(data, rows)
     jz = jacobian_spectral_norms(model, elements, coords, iterations=20)
-    turn = frame_turns(model, elements, coords, args.sigma, args.draws, args.seed)
+    turn = frame_turns(model, elements, coords, [args.sigma], args.draws, args.seed)[0]
     steep = jz > np.percentile(jz, 95)
     out = {"model": str(args.model or "bundled"), "n": int(len(rows)), "split": origin,
            "jacobian_p50": float(np.median(jz)), "jacobian_p99": float(np.percentile(jz, 99)), "jacobian_max": float(jz.max()),

@@ -110,21 +110,23 @@ FLIP_TURN = 4.0  # ‖R̃ − R‖²_F above 4 = a turn by more than 90°
 
 
 @torch.no_grad()
-def frame_turns(model, elements: Sequence[np.ndarray], coords: Sequence[np.ndarray], sigma: float, draws: int = 1,
-                seed: int = 0, batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
-    """Per molecule, the mean over ``draws`` draws of ε ~ N(0, σ²) (seeded) of
-    ``‖R(x + ε) − R(x)‖²_F`` (:func:`molgiae.group.rotation_turn`: 0 … 8), R the predicted rotation.
-    Per-molecule lists as for an encode function → float64 [M]."""
+def frame_turns(model, elements: Sequence[np.ndarray], coords: Sequence[np.ndarray], sigmas: Sequence[float],
+                draws: int = 1, seed: int = 0, batch_size: int = 64, device: str | torch.device = "cpu") -> np.ndarray:
+    """Per noise level σ_k and molecule, the mean over ``draws`` draws of ε ~ N(0, σ_k²) (seeded
+    ``seed + k``) of ``‖R(x + ε) − R(x)‖²_F`` (:func:`molgiae.group.rotation_turn`: 0 … 8), R the
+    predicted rotation; the clean R is computed once per batch for every σ. Per-molecule lists as
+    for an encode function → float64 [len(sigmas), M]."""
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    out = np.zeros(len(elements))
+    gens = [torch.Generator().manual_seed(seed + k) for k in range(len(sigmas))]
+    out = np.zeros((len(sigmas), len(elements)))
     for ids in size_sorted_batches([len(e) for e in elements], batch_size):
         mols = make_batch([elements[i] for i in ids], [coords[i] for i in ids])
         clean = model.encode(mols.to(device)).rotation
-        for _ in range(draws):
-            noise = torch.randn(mols.pos.shape, generator=gen, dtype=mols.pos.dtype) * sigma * mols.mask.unsqueeze(-1)
-            turned = model.encode(mols.with_pos(mols.pos + noise).to(device)).rotation
-            out[ids] += rotation_turn(turned, clean).double().cpu().numpy() / draws
+        for k, (sigma, gen) in enumerate(zip(sigmas, gens)):
+            for _ in range(draws):
+                noise = torch.randn(mols.pos.shape, generator=gen, dtype=mols.pos.dtype) * sigma * mols.mask.unsqueeze(-1)
+                turned = model.encode(mols.with_pos(mols.pos + noise).to(device)).rotation
+                out[k, ids] += rotation_turn(turned, clean).double().cpu().numpy() / draws
     return out
 
 
@@ -140,9 +142,8 @@ def frame_stability(model, elements: Sequence[np.ndarray], coords: Sequence[np.n
                     sigmas: Sequence[float] = NOISE_SIGMAS, seed: int = 0, batch_size: int = 64,
                     device: str | torch.device = "cpu") -> dict:
     """:func:`turn_summary` of :func:`frame_turns` (one draw) at each σ (Å), keyed ``sigma_<σ>``."""
-    return {f"sigma_{s:g}": {"sigma": float(s), **turn_summary(frame_turns(model, elements, coords, s, 1, seed + k,
-                                                                             batch_size, device))}
-            for k, s in enumerate(sigmas)}
+    turns = frame_turns(model, elements, coords, sigmas, 1, seed, batch_size, device)
+    return {f"sigma_{s:g}": {"sigma": float(s), **turn_summary(t)} for s, t in zip(sigmas, turns)}
 
 
 # ----------------------------------------------------------------------------- Jacobian norms

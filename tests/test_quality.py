@@ -53,8 +53,8 @@ def test_frame_turns_vanish_without_noise_and_stay_within_a_half_turn(tiny_model
     data = load_qm9_npz([qm9_fixture_npz])
     elements, coords = quality.set_molecules(data, range(40, 131))  # asymmetric molecules of 9-21 atoms
     model = tiny_model.model
-    assert np.all(quality.frame_turns(model, elements, coords, 0.0, batch_size=16) == 0.0)
-    small, large = (quality.frame_turns(model, elements, coords, s, draws=2, batch_size=16) for s in (0.01, 0.3))
+    assert np.all(quality.frame_turns(model, elements, coords, [0.0], batch_size=16) == 0.0)
+    small, large = quality.frame_turns(model, elements, coords, [0.01, 0.3], draws=2, batch_size=16)
     assert np.all((small >= 0) & (large <= 8 + 1e-5)) and large.max() > 0
     assert large.mean() > small.mean()
 
